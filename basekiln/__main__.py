@@ -1,0 +1,3 @@
+from basekiln.cli import main
+
+main()

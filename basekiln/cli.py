@@ -1,0 +1,205 @@
+"""The `basekiln` command: results to stdout, progress and logs to stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+
+from basekiln import __version__
+from basekiln.catalogue import load_selection
+from basekiln.config import Config, load_config
+from basekiln.errors import BasekilnError, ExitCode
+from basekiln.lock import LockOutcome, Mode, lock_all
+from basekiln.lockfile import lockfile_path, read_lockfile
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+stderr = Console(stderr=True)
+log = logging.getLogger("basekiln")
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        handlers=[handler],
+        format="%(message)s",
+        force=True,
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _handles_errors(func: Callable[P, R]) -> Callable[P, R]:
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except BasekilnError as exc:
+            if logging.getLogger().level <= logging.DEBUG:
+                traceback.print_exc(file=sys.stderr)
+            stderr.print(
+                f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True
+            )
+            sys.exit(int(exc.exit_code))
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="basekiln")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs and tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Rebuild container base images from Debian packages, reproducibly."""
+    _configure_logging(verbose)
+    ctx.obj = None
+
+
+def _config(ctx: click.Context) -> Config:
+    if ctx.obj is None:
+        ctx.obj = load_config()
+    config: Config = ctx.obj
+    return config
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1)
+@click.option(
+    "--check", "check", is_flag=True, help="Write nothing; exit 1 naming every stale lockfile."
+)
+@click.option("--update", is_flag=True, help="Re-resolve against today's archive.")
+@click.option(
+    "--diff",
+    "show_diff",
+    is_flag=True,
+    help="Show what an update changes (alone: without writing).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_handles_errors
+def lock(
+    ctx: click.Context,
+    recipes: tuple[str, ...],
+    check: bool,
+    update: bool,
+    show_diff: bool,
+    as_json: bool,
+) -> None:
+    """Resolve RECIPES (names in recipes/ or paths; default all) into lockfiles."""
+    config = _config(ctx)
+    selection = load_selection(list(recipes), config.recipes_dir)
+    if check:
+        mode = Mode.CHECK
+    elif update or show_diff:
+        mode = Mode.UPDATE
+    else:
+        mode = Mode.KEEP_FRESH
+    outcomes = lock_all(config, selection, mode, dry_run=show_diff and not update)
+    _print_lock_outcomes(outcomes, show_diff or update, as_json)
+    if check and any(o.stale for o in outcomes):
+        sys.exit(int(ExitCode.FAILURE))
+
+
+def _print_lock_outcomes(outcomes: list[LockOutcome], show_diff: bool, as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "lockfiles": [
+                        {
+                            "recipe": o.recipe,
+                            "path": str(o.path),
+                            "written": o.written,
+                            "stale": o.stale,
+                            "diff": {
+                                "added": o.diff.added,
+                                "removed": o.diff.removed,
+                                "upgraded": o.diff.upgraded,
+                            },
+                        }
+                        for o in outcomes
+                    ]
+                },
+                indent=2,
+            )
+        )
+        return
+    for o in outcomes:
+        state = "stale" if o.stale else ("written" if o.written else "up to date")
+        click.echo(f"{o.recipe}: {state} ({o.path})")
+        for reason in o.stale:
+            click.echo(f"  stale: {reason}")
+        if show_diff:
+            for name, version in o.diff.added:
+                click.echo(f"  + {name} {version}")
+            for name, version in o.diff.removed:
+                click.echo(f"  - {name} {version}")
+            for name, old, new in o.diff.upgraded:
+                click.echo(f"  ~ {name} {old} -> {new}")
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_handles_errors
+def fetch(ctx: click.Context, recipes: tuple[str, ...], as_json: bool) -> None:
+    """Download every locked .deb of RECIPES into the verified cache."""
+    from basekiln.fetch import fetch as fetch_packages
+
+    config = _config(ctx)
+    selection = load_selection(list(recipes), config.recipes_dir)
+    locks = [read_lockfile(lockfile_path(config.lockfiles_dir, r.recipe.name)) for r in selection]
+    report = fetch_packages(config, locks, show_progress=stderr.is_terminal)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "downloaded": report.downloaded,
+                    "already_cached": report.already_cached,
+                    "bytes": report.bytes_downloaded,
+                    "cache": str(config.cache_dir),
+                }
+            )
+        )
+    else:
+        click.echo(
+            f"{report.downloaded} downloaded ({report.bytes_downloaded} bytes), "
+            f"{report.already_cached} already cached in {config.cache_dir}"
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handles_errors
+def doctor(as_json: bool) -> None:
+    """List each external tool basekiln relies on, its version, and what is missing."""
+    from basekiln.doctor import diagnose
+
+    statuses = diagnose()
+    if as_json:
+        click.echo(json.dumps([vars(s) for s in statuses], indent=2))
+    else:
+        for s in statuses:
+            mark = "ok  " if s.found else ("MISSING" if s.required else "absent")
+            line = f"{mark:8} {s.name:24} {s.version or '-':16} {s.purpose}"
+            if not s.found:
+                line += f"\n         get it: {s.remedy}"
+            click.echo(line)
+    if any(s.required and not s.found for s in statuses):
+        sys.exit(int(ExitCode.FAILURE))
+
+
+def main() -> Any:
+    return cli()

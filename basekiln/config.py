@@ -1,0 +1,127 @@
+"""basekiln.toml: where the project lives, its mirrors, cache, and daemons.
+
+Environment variables override the file; secrets never live in it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from basekiln.errors import InputError
+
+CONFIG_NAME = "basekiln.toml"
+DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArchiveConfig(_Strict):
+    """A Debian archive: the mirrors that serve it and the keyring that signs it."""
+
+    mirrors: list[str] = Field(min_length=1)
+    keyring: str = DEFAULT_KEYRING
+    components: list[str] = ["main"]
+
+
+class CacheConfig(_Strict):
+    dir: str = ".cache/basekiln"
+
+
+class FetchConfig(_Strict):
+    parallel: int = Field(default=8, ge=1, le=64)
+    timeout_seconds: float = Field(default=60, gt=0)
+    attempts: int = Field(default=4, ge=1, le=20)
+
+
+class BuildkitConfig(_Strict):
+    """Where builds run: empty means basekiln starts its own sandboxes."""
+
+    endpoints: list[str] = []
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    timeout_seconds: float = 1800
+
+
+class FileConfig(_Strict):
+    cache: CacheConfig = CacheConfig()
+    fetch: FetchConfig = FetchConfig()
+    archives: dict[str, ArchiveConfig] = {
+        "debian": ArchiveConfig(mirrors=["http://deb.debian.org/debian"]),
+        "debian-security": ArchiveConfig(mirrors=["http://deb.debian.org/debian-security"]),
+    }
+    buildkit: BuildkitConfig = BuildkitConfig()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration of one project checkout."""
+
+    root: Path
+    file: FileConfig
+
+    @property
+    def recipes_dir(self) -> Path:
+        return self.root / "recipes"
+
+    @property
+    def lockfiles_dir(self) -> Path:
+        return self.root / "lockfiles"
+
+    @property
+    def builders_dir(self) -> Path:
+        return self.root / "builders"
+
+    @property
+    def cache_dir(self) -> Path:
+        override = os.environ.get("BASEKILN_CACHE")
+        raw = Path(override) if override else Path(self.file.cache.dir)
+        return raw if raw.is_absolute() else self.root / raw
+
+    def archive(self, name: str) -> ArchiveConfig:
+        try:
+            return self.file.archives[name]
+        except KeyError:
+            known = ", ".join(sorted(self.file.archives)) or "none"
+            raise InputError(
+                f"{self.root / CONFIG_NAME}: archive {name!r} is not configured "
+                f"(known: {known}); add an [archives.{name}] table with its mirrors"
+            ) from None
+
+
+def load_config(start: Path | None = None) -> Config:
+    """Load basekiln.toml from $BASEKILN_CONFIG, or the nearest one above `start`."""
+    explicit = os.environ.get("BASEKILN_CONFIG")
+    if explicit:
+        path = Path(explicit).resolve()
+        if not path.is_file():
+            raise InputError(f"BASEKILN_CONFIG names {path}, which does not exist")
+        return _parse(path)
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return _parse(candidate)
+    return Config(root=here, file=FileConfig())
+
+
+def _parse(path: Path) -> Config:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc}); fix the syntax") from exc
+    try:
+        parsed = FileConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise InputError(f"{path}: {problems}") from exc
+    return Config(root=path.parent, file=parsed)
