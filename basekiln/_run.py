@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,3 +119,68 @@ def _tail(text: str) -> str:
     if len(text) > STDERR_TAIL_CHARS:
         text = "…" + text[-STDERR_TAIL_CHARS:]
     return text
+
+
+def run_streaming(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    on_line: Callable[[str], None],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Completed:
+    """Run a command, handing each stderr line to `on_line` as it arrives.
+
+    For long commands whose progress a person follows (buildctl). The process runs in
+    its own session and is killed with its children on timeout or interruption.
+    """
+    program = which(argv[0])
+    if program is None:
+        raise CommandError(f"{argv[0]} is not installed; run `make setup`", argv, None, "")
+    full = [program, *argv[1:]]
+    log.debug("run: %s", " ".join(full))
+    proc = subprocess.Popen(
+        full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=None if env is None else dict(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
+    timer = threading.Timer(timeout, _kill_group, args=(proc,))
+    timer.start()
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    stdout_chunks: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: stdout_chunks.append(proc.stdout.read() if proc.stdout else b"")
+    )
+    reader.start()
+    try:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            tail.append(line)
+            on_line(line)
+        proc.wait()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        timer.cancel()
+        reader.join()
+    stderr = "\n".join(tail)
+    if proc.returncode != 0:
+        why = (
+            f"did not finish within {timeout:.0f}s"
+            if proc.returncode in (-9, 137)
+            else f"failed with exit code {proc.returncode}"
+        )
+        raise CommandError(
+            f"{argv[0]} {why}: {' '.join(full)}\n{_tail(stderr)}", full, proc.returncode, stderr
+        )
+    return Completed(tuple(full), proc.returncode, b"".join(stdout_chunks), stderr)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -20,6 +20,7 @@ from basekiln.config import Config, load_config
 from basekiln.errors import BasekilnError, ExitCode
 from basekiln.lock import LockOutcome, Mode, lock_all
 from basekiln.lockfile import lockfile_path, read_lockfile
+from basekiln.results import BuildResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -178,6 +179,74 @@ def fetch(ctx: click.Context, recipes: tuple[str, ...], as_json: bool) -> None:
             f"{report.downloaded} downloaded ({report.bytes_downloaded} bytes), "
             f"{report.already_cached} already cached in {config.cache_dir}"
         )
+
+
+@cli.command()
+@click.argument("recipe")
+@click.option(
+    "--context",
+    "show_context",
+    is_flag=True,
+    help="Also print the assembly script the Dockerfile runs.",
+)
+@click.pass_context
+@_handles_errors
+def render(ctx: click.Context, recipe: str, show_context: bool) -> None:
+    """Print the Dockerfile that `build` gives BuildKit for RECIPE."""
+    from basekiln.build import render_recipe
+
+    dockerfile, script = render_recipe(_config(ctx), recipe)
+    click.echo(dockerfile, nl=False)
+    if show_context:
+        click.echo("\n# --- generated/assemble.sh ---")
+        click.echo(script, nl=False)
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1)
+@click.option("--force", is_flag=True, help="Build even when the inputs are unchanged.")
+@click.option("--no-tests", is_flag=True, help="Skip the recipe's image tests.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_handles_errors
+def build(
+    ctx: click.Context, recipes: tuple[str, ...], force: bool, no_tests: bool, as_json: bool
+) -> None:
+    """Build RECIPES twice in two fresh BuildKit sandboxes and compare the digests."""
+    from basekiln.build import BuildOptions, build_recipes
+
+    options = BuildOptions(force=force, show_progress=stderr.is_terminal, run_tests=not no_tests)
+    results = build_recipes(_config(ctx), list(recipes), options)
+    for result in results:
+        if as_json:
+            click.echo(json.dumps(_build_json(result)))
+            continue
+        click.echo(f"{result.recipe}: {result.digest}")
+        for b in result.builds:
+            click.echo(f"  sandbox {b.sandbox}: {b.digest} ({b.seconds:.1f}s)")
+        verdict = "reproducible" if result.reproducible else "NOT reproducible"
+        click.echo(
+            f"  verdict: {verdict}; BuildKit {result.buildkit_version}; {result.seconds:.1f}s"
+        )
+        click.echo(f"  oci layout: {result.oci_layout}")
+
+
+def _build_json(result: BuildResult) -> dict[str, Any]:
+    return {
+        "recipe": result.recipe,
+        "digest": result.digest,
+        "reproducible": result.reproducible,
+        "builds": [
+            {"sandbox": b.sandbox, "digest": b.digest, "perturbations": b.perturbations}
+            for b in result.builds
+        ],
+        "oci_layout": result.oci_layout,
+        "buildkit_version": result.buildkit_version,
+        "seconds": result.seconds,
+        "platform": result.platform,
+        "source_date_epoch": result.source_date_epoch,
+        "report": result.report,
+    }
 
 
 @cli.command()

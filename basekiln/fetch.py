@@ -49,7 +49,7 @@ def plan(config: Config, locks: Iterable[Lockfile]) -> list[FetchItem]:
     """Unique .debs to fetch, each with its mirrors (lockfile's first, then config's)."""
     items: dict[str, FetchItem] = {}
     for lock in locks:
-        for pkg in lock.packages:
+        for pkg in lock.packages + lock.tools:
             mirrors = list(lock.mirrors.get(pkg.archive, []))
             configured = config.file.archives.get(pkg.archive)
             if configured is not None:

@@ -26,7 +26,8 @@ from basekiln.lockfile import (
     write_lockfile,
 )
 from basekiln.recipe import LoadedRecipe, Source
-from basekiln.resolver import Request, Universe, resolve
+from basekiln.resolver import Request, Selected, Universe, resolve
+from basekiln.toolimage import TOOL_PACKAGES
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,8 @@ def _archive_staleness(archive: Archive, loaded: LoadedRecipe, lock: Lockfile) -
     sources = loaded.recipe.effective_sources()
     for architecture in loaded.recipe.architectures:
         universe = archive.universe(sources, architecture)
-        for pkg in lock.packages_for(platform_of(architecture)):
+        platform = platform_of(architecture)
+        for pkg in lock.packages_for(platform) + lock.tools_for(platform):
             current = universe.find(pkg.name, pkg.version)
             if current is None or current.sha256 != pkg.sha256:
                 offered = ", ".join(p.version for p in universe.candidates(pkg.name)) or "none"
@@ -214,6 +216,7 @@ def resolve_lockfile(
         read_lockfile(lockfile_path(config.lockfiles_dir, parent.recipe)) if parent else None
     )
     packages: list[LockedPackage] = []
+    tools: list[LockedPackage] = []
     releases: dict[tuple[str, str], ReleaseRecord] = {}
     for architecture in recipe.architectures:
         universe = archive.universe(sources, architecture)
@@ -222,23 +225,12 @@ def resolve_lockfile(
         installed = _installed_from(parent_lock, universe, platform_of(architecture))
         requests = [Request(p.name, p.dependencies) for p in recipe.packages]
         selected = resolve(universe, requests, installed, origin=str(loaded.path))
-        packages.extend(
-            LockedPackage(
-                name=s.package.name,
-                version=s.package.version,
-                architecture=s.package.architecture,
-                platform=platform_of(architecture),
-                sha256=s.package.sha256,
-                size=s.package.size,
-                filename=s.package.filename,
-                source=s.package.source,
-                source_version=s.package.source_version,
-                archive=s.package.archive,
-                suite=s.package.suite,
-                depends_on=list(s.depends_on),
-                dependencies_followed=s.dependencies_followed,
-            )
-            for s in selected
+        platform = platform_of(architecture)
+        packages.extend(_locked(s, platform) for s in selected)
+        tool_requests = [Request(name, dependencies=False) for name in TOOL_PACKAGES]
+        tool_origin = f"{loaded.path} (build tools)"
+        tools.extend(
+            _locked(s, platform) for s in resolve(universe, tool_requests, origin=tool_origin)
         )
     epoch = max(r.timestamp for r in releases.values())
     if parent_lock is not None:
@@ -253,6 +245,26 @@ def resolve_lockfile(
         mirrors={s.archive: list(config.archive(s.archive).mirrors) for s in sources},
         releases=[LockedRelease(**vars(r)) for r in releases.values()],
         packages=packages,
+        tools=tools,
+    )
+
+
+def _locked(selected: Selected, platform: str) -> LockedPackage:
+    pkg = selected.package
+    return LockedPackage(
+        name=pkg.name,
+        version=pkg.version,
+        architecture=pkg.architecture,
+        platform=platform,
+        sha256=pkg.sha256,
+        size=pkg.size,
+        filename=pkg.filename,
+        source=pkg.source,
+        source_version=pkg.source_version,
+        archive=pkg.archive,
+        suite=pkg.suite,
+        depends_on=list(selected.depends_on),
+        dependencies_followed=selected.dependencies_followed,
     )
 
 
@@ -292,8 +304,8 @@ def _relative(config: Config, path: Path) -> str:
 
 
 def diff_lockfiles(old: Lockfile, new: Lockfile) -> LockDiff:
-    before = {(p.platform, p.name): p.version for p in old.packages}
-    after = {(p.platform, p.name): p.version for p in new.packages}
+    before = {(p.platform, p.name): p.version for p in old.packages + old.tools}
+    after = {(p.platform, p.name): p.version for p in new.packages + new.tools}
     return LockDiff(
         added=tuple((k[1], after[k]) for k in sorted(after.keys() - before.keys())),
         removed=tuple((k[1], before[k]) for k in sorted(before.keys() - after.keys())),

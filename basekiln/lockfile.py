@@ -70,9 +70,14 @@ class Lockfile(_Frozen):
     mirrors: dict[str, list[str]]
     releases: list[LockedRelease]
     packages: list[LockedPackage]
+    # Packages the build runs (busybox, ldconfig) but the image does not contain.
+    tools: list[LockedPackage] = []
 
     def packages_for(self, platform: str) -> list[LockedPackage]:
         return [p for p in self.packages if p.platform == platform]
+
+    def tools_for(self, platform: str) -> list[LockedPackage]:
+        return [p for p in self.tools if p.platform == platform]
 
 
 def canonical_bytes(lock: Lockfile) -> bytes:
@@ -84,7 +89,8 @@ def canonical_bytes(lock: Lockfile) -> bytes:
 
 def _canonical_body(lock: Lockfile) -> dict[str, Any]:
     body = lock.model_dump(mode="json")
-    body["packages"] = sorted(body["packages"], key=lambda p: (p["platform"], p["name"]))
+    for key in ("packages", "tools"):
+        body[key] = sorted(body[key], key=lambda p: (p["platform"], p["name"]))
     body["releases"] = sorted(body["releases"], key=lambda r: (r["archive"], r["suite"]))
     return body
 

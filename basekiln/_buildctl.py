@@ -1,0 +1,170 @@
+"""Thin wrapper around buildctl: argv construction, progress parsing, and running."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from basekiln._run import CommandError, run, run_streaming
+from basekiln.errors import BuildError
+
+_STEP = re.compile(r"^#(\d+) (?:\[(?P<stage>[^\]]+)\] )?(?P<what>.*)$")
+_DONE = re.compile(r"^#(\d+) DONE ")
+_VERSION = re.compile(r"BuildKit:\s+\S+\s+(v\S+)")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one buildkitd: an address and optional client TLS files."""
+
+    address: str
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def global_args(self) -> list[str]:
+        args = ["--addr", self.address]
+        for flag, value in (
+            ("--tlscacert", self.tls_ca),
+            ("--tlscert", self.tls_cert),
+            ("--tlskey", self.tls_key),
+        ):
+            if value:
+                args += [flag, value]
+        return args
+
+
+@dataclass(frozen=True)
+class NamedImage:
+    """An OCI layout passed to the build as a named context, by digest."""
+
+    name: str
+    layout: Path
+    digest: str
+
+
+def build_argv(
+    endpoint: Endpoint,
+    context: Path,
+    output: Path,
+    epoch: int,
+    named: list[NamedImage],
+    build_args: Mapping[str, str],
+    frontend_opts: Mapping[str, str],
+    platform: str,
+    annotations: Mapping[str, str],
+) -> list[str]:
+    """The buildctl command for one deterministic build into an OCI layout directory."""
+    output_opts = [
+        "type=oci",
+        f"dest={output}",
+        "tar=false",
+        "rewrite-timestamp=true",
+        "oci-mediatypes=true",
+    ]
+    output_opts += [f"annotation-manifest.{k}={v}" for k, v in sorted(annotations.items())]
+    argv = [
+        "buildctl",
+        *endpoint.global_args(),
+        "build",
+        "--progress",
+        "plain",
+        "--frontend",
+        "dockerfile.v0",
+        "--local",
+        f"context={context}",
+        "--local",
+        f"dockerfile={context}",
+        "--opt",
+        f"platform={platform}",
+        "--opt",
+        f"build-arg:SOURCE_DATE_EPOCH={epoch}",
+        # No attest:* options: BuildKit's own attestations carry times and ids, and
+        # buildctl adds none unless asked (build.py checks the index holds no more).
+        "--output",
+        ",".join(_csv_quote(o) for o in output_opts),
+    ]
+    for key, value in sorted(build_args.items()):
+        argv += ["--opt", f"build-arg:{key}={value}"]
+    for key, value in sorted(frontend_opts.items()):
+        argv += ["--opt", f"{key}={value}"]
+    for image in named:
+        argv += [
+            "--oci-layout",
+            f"{image.name}={image.layout}",
+            "--opt",
+            f"context:{image.name}=oci-layout://{image.name}@{image.digest}",
+        ]
+    return argv
+
+
+def _csv_quote(field: str) -> str:
+    # buildctl parses --output as CSV: quote fields holding commas or quotes.
+    if "," in field or '"' in field:
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
+def build(argv: list[str], timeout: float, on_line: Callable[[str], None]) -> str:
+    """Run a build; return its full log. Failures carry the log's tail."""
+    lines: list[str] = []
+
+    def collect(line: str) -> None:
+        lines.append(line)
+        on_line(line)
+
+    try:
+        run_streaming(argv, timeout=timeout, on_line=collect)
+    except CommandError as exc:
+        raise BuildError(f"the build failed: {exc.message}") from exc
+    return "\n".join(lines)
+
+
+def step_started(line: str) -> str | None:
+    """The description of a step when `line` announces one (pure; for progress)."""
+    match = _STEP.match(line)
+    if not match or _DONE.match(line):
+        return None
+    what = match.group("what")
+    if what.startswith(
+        (
+            "DONE",
+            "CACHED",
+            "ERROR",
+            "sha256:",
+            "extracting",
+            "exporting",
+            "writing",
+            "naming",
+            "resolving",
+            "transferring",
+            "load",
+            "...",
+        )
+    ):
+        return None
+    stage = match.group("stage")
+    return f"[{stage}] {what}" if stage else what
+
+
+def step_done(line: str) -> bool:
+    return bool(_DONE.match(line))
+
+
+def ping(endpoint: Endpoint, timeout: float = 10) -> None:
+    run(["buildctl", *endpoint.global_args(), "debug", "workers"], timeout=timeout)
+
+
+def server_version(endpoint: Endpoint) -> str:
+    """The daemon's BuildKit version, as `buildctl debug info` reports it."""
+    out = run(["buildctl", *endpoint.global_args(), "debug", "info"], timeout=30)
+    return parse_version(out.stdout.decode("utf-8", errors="replace"))
+
+
+def parse_version(info: str) -> str:
+    match = _VERSION.search(info)
+    if match is None:
+        raise BuildError(f"could not read the BuildKit version from:\n{info}")
+    return match.group(1)

@@ -1,0 +1,236 @@
+"""Assemble: the build context BuildKit receives, holding only locked and generated inputs.
+
+Every .deb is verified against its lockfile hash again on the way in, and every
+member of every package is checked against escaping the root before the build starts,
+so a crafted package fails here with its name rather than somewhere inside BuildKit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from basekiln._run import CommandError, run
+from basekiln.cache import Cache, sha256_file
+from basekiln.deb import UnpackGuard, control_files, iter_data, open_deb
+from basekiln.errors import BuildError
+from basekiln.lockfile import LockedPackage, Lockfile
+from basekiln.recipe import Group, Recipe, User
+from basekiln.render import (
+    Directory,
+    GeneratedFile,
+    render_assemble_script,
+    render_dockerfile,
+    unpack_steps,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_DIR = "var/lib/dpkg/status.d"
+NSSWITCH = b"""passwd:         files
+group:          files
+shadow:         files
+hosts:          files dns
+networks:       files
+protocols:      files
+services:       files
+ethers:         files
+rpc:            files
+"""
+
+
+@dataclass(frozen=True)
+class ParentImage:
+    """A parent recipe's built image, passed to BuildKit as a named context."""
+
+    recipe: str
+    layout: Path
+    digest: str
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything one image build reads, already loaded and checked."""
+
+    recipe: Recipe
+    recipe_path: str
+    lock: Lockfile
+    lockfile_path: str
+    lockfile_sha256: str
+    chain: tuple[Recipe, ...]  # root ancestor first, this recipe last
+    platform: str
+    parent: ParentImage | None
+
+
+def identity(chain: tuple[Recipe, ...]) -> tuple[list[User], list[Group]]:
+    """Users and groups along the parent chain; a child's entry replaces its parent's."""
+    users: dict[str, User] = {}
+    groups: dict[str, Group] = {}
+    for recipe in chain:
+        users.update({u.name: u for u in recipe.users})
+        groups.update({g.name: g for g in recipe.groups})
+    known_gids = {g.gid for g in groups.values()}
+    for user in users.values():
+        gid = user.gid if user.gid is not None else user.uid
+        if gid not in known_gids:
+            groups[user.name] = Group(name=user.name, gid=gid)
+            known_gids.add(gid)
+    return (
+        sorted(users.values(), key=lambda u: u.uid),
+        sorted(groups.values(), key=lambda g: g.gid),
+    )
+
+
+def passwd_text(users: list[User]) -> bytes:
+    lines = [
+        f"{u.name}:x:{u.uid}:{u.gid if u.gid is not None else u.uid}:{u.name}:{u.home}:{u.shell}\n"
+        for u in users
+    ]
+    return "".join(lines).encode()
+
+
+def group_text(groups: list[Group]) -> bytes:
+    return "".join(f"{g.name}:x:{g.gid}:{','.join(g.members)}\n" for g in groups).encode()
+
+
+def generated_files(inputs: BuildInputs, statuses: dict[str, bytes]) -> list[GeneratedFile]:
+    files = [
+        GeneratedFile(f"{STATUS_DIR}/{name}", control) for name, control in sorted(statuses.items())
+    ]
+    users, groups = identity(inputs.chain)
+    if inputs.recipe.users or inputs.recipe.groups:
+        files.append(GeneratedFile("etc/passwd", passwd_text(users)))
+        files.append(GeneratedFile("etc/group", group_text(groups)))
+    if inputs.parent is None:
+        files.append(GeneratedFile("etc/nsswitch.conf", NSSWITCH))
+    return sorted(files, key=lambda f: f.path)
+
+
+def directories(inputs: BuildInputs) -> list[Directory]:
+    dirs = [Directory("tmp", 0o1777)] if inputs.parent is None else []
+    for user in inputs.recipe.users:
+        if user.home not in ("/", "/nonexistent"):
+            gid = user.gid if user.gid is not None else user.uid
+            dirs.append(Directory(user.home.strip("/"), 0o700, user.uid, gid))
+    return dirs
+
+
+def check_and_describe(cache: Cache, packages: list[LockedPackage]) -> dict[str, bytes]:
+    """Verify each cached .deb again, refuse unsafe members, return control paragraphs."""
+    guard = UnpackGuard()
+    statuses = {}
+    for pkg in packages:
+        path = cache.path(pkg.sha256)
+        if not path.is_file():
+            raise BuildError(
+                f"{pkg.name} {pkg.version} is not in the cache ({path}); run `basekiln fetch` first"
+            )
+        actual = sha256_file(path)
+        if actual != pkg.sha256:
+            raise BuildError(
+                f"cache entry {path} for {pkg.name} {pkg.version} was altered after fetch: "
+                f"sha256 is {actual}, the lockfile pins {pkg.sha256}. Delete the entry and "
+                "run `basekiln fetch` again."
+            )
+        deb = open_deb(path, f"{pkg.name} {pkg.version}")
+        guard.check(pkg.name, [member for member, _ in iter_data(deb)])
+        statuses[pkg.name] = _status_paragraph(control_files(deb), pkg)
+    return statuses
+
+
+def _status_paragraph(files: dict[str, bytes], pkg: LockedPackage) -> bytes:
+    control = files.get("control")
+    if control is None:
+        raise BuildError(f"{pkg.name} {pkg.version}: the package has no control file")
+    text = control.decode("utf-8").rstrip("\n") + "\n"
+    if not any(line.startswith("Status:") for line in text.splitlines()):
+        text = text.replace("\n", "\nStatus: install ok installed\n", 1)
+    return text.encode()
+
+
+def labels(inputs: BuildInputs, source: str, revision: str | None) -> dict[str, str]:
+    """The org.opencontainers.image.* labels, all derived from the inputs."""
+    created = datetime.fromtimestamp(inputs.lock.source_date_epoch, UTC)
+    out = {
+        "org.opencontainers.image.title": inputs.recipe.name,
+        "org.opencontainers.image.created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.source": source,
+        "dev.basekiln.lockfile.sha256": inputs.lockfile_sha256,
+    }
+    if inputs.recipe.description:
+        out["org.opencontainers.image.description"] = inputs.recipe.description
+    if revision:
+        out["org.opencontainers.image.revision"] = revision
+    if inputs.parent is not None:
+        out["org.opencontainers.image.base.name"] = inputs.parent.recipe
+        out["org.opencontainers.image.base.digest"] = inputs.parent.digest
+    out.update(inputs.recipe.annotations)
+    return out
+
+
+def git_revision(root: Path, paths: list[str]) -> str | None:
+    """The last commit touching `paths`, if they are committed and unchanged."""
+    try:
+        dirty = run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", *paths], timeout=30
+        ).stdout.strip()
+        if dirty:
+            return None
+        out = (
+            run(["git", "-C", str(root), "log", "-1", "--format=%H", "--", *paths], timeout=30)
+            .stdout.decode()
+            .strip()
+        )
+    except CommandError:
+        return None
+    return out or None
+
+
+def prepare_context(
+    cache: Cache, inputs: BuildInputs, dest: Path, source: str, revision: str | None
+) -> Path:
+    """Write the build context into `dest` (replaced if present) and return it."""
+    packages = inputs.lock.packages_for(inputs.platform)
+    statuses = check_and_describe(cache, packages)
+    generated = generated_files(inputs, statuses)
+    script = render_assemble_script(
+        inputs.recipe,
+        inputs.recipe_path,
+        unpack_steps(inputs.recipe, packages),
+        generated,
+        directories(inputs),
+        ca_bundle=any(p.name == "ca-certificates" for p in packages),
+    )
+    dockerfile = render_dockerfile(
+        inputs.recipe,
+        inputs.recipe_path,
+        inputs.lockfile_path,
+        inputs.parent is not None,
+        labels(inputs, source, revision),
+    )
+
+    staging = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "debs").mkdir(parents=True)
+    for pkg in packages:
+        _link_or_copy(cache.path(pkg.sha256), staging / "debs" / f"{pkg.sha256}.deb")
+    for file in generated:
+        target = staging / "generated" / "rootfs" / file.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(file.content)
+    (staging / "generated" / "assemble.sh").write_text(script)
+    (staging / "Dockerfile").write_text(dockerfile)
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    return dest
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

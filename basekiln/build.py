@@ -1,0 +1,453 @@
+"""The double build: one locked recipe, two isolated sandboxes, one verdict.
+
+The image is accepted only when both builds give the same per-platform manifest
+digest. Unchanged inputs (recipe, lockfile, templates, parent digest, BuildKit and
+basekiln versions) reuse the last accepted result instead of building again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from basekiln import __version__, _buildctl
+from basekiln._buildctl import NamedImage
+from basekiln.assemble import BuildInputs, ParentImage, git_revision, labels, prepare_context
+from basekiln.cache import Cache
+from basekiln.catalogue import load_selection
+from basekiln.config import Config
+from basekiln.errors import BuildError, LockfileError, NotReproducibleError
+from basekiln.fetch import fetch
+from basekiln.imagetest import raise_on_failures, run_command_tests, run_static_tests
+from basekiln.lock import platform_of
+from basekiln.lockfile import Lockfile, file_sha256, lockfile_path, read_lockfile
+from basekiln.oci import read_image
+from basekiln.recipe import LoadedRecipe, Recipe
+from basekiln.render import templates_digest
+from basekiln.results import BuildResult, SandboxBuild
+from basekiln.sandbox import PERTURBED, PLAIN, Perturbation, Sandbox, local_sandbox, sandbox_root
+from basekiln.toolimage import ToolImage, build_tool_image
+
+log = logging.getLogger(__name__)
+
+RESULT_NAME = "build.json"
+SOURCE_URL = "https://github.com/basekiln/basekiln"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    force: bool = False
+    show_progress: bool = True
+    run_tests: bool = True
+
+
+def out_dir(config: Config, recipe: str) -> Path:
+    return config.root / "out" / recipe
+
+
+def buildkit_version() -> str:
+    from basekiln._run import run
+
+    text = run(["buildkitd", "--version"], timeout=30).stdout.decode()
+    return text.split()[2] if len(text.split()) > 2 else text.strip()
+
+
+def build_recipes(config: Config, names: list[str], options: BuildOptions) -> list[BuildResult]:
+    """Build the named recipes and, first, any parent they need."""
+    selection = load_selection(names, config.recipes_dir)
+    results: dict[str, BuildResult] = {}
+    for loaded in selection:
+        parent = results.get(loaded.recipe.parent) if loaded.recipe.parent else None
+        results[loaded.recipe.name] = build_one(config, loaded, selection, parent, options)
+    return list(results.values())
+
+
+def render_recipe(config: Config, name: str) -> tuple[str, str]:
+    """The Dockerfile and assembly script `build` would use for one recipe."""
+    from basekiln.assemble import directories, generated_files
+    from basekiln.render import render_assemble_script, render_dockerfile, unpack_steps
+
+    selection = load_selection([name], config.recipes_dir)
+    loaded = selection[-1]
+    lock, lock_path = check_fresh(config, loaded)
+    platform = platform_of(loaded.recipe.architectures[0])
+    parent = None
+    if loaded.recipe.parent:
+        previous = out_dir(config, loaded.recipe.parent) / RESULT_NAME
+        parent_digest = BuildResult.read(previous).digest if previous.is_file() else "sha256:?"
+        parent = ParentImage(loaded.recipe.parent, previous.parent / "oci", parent_digest)
+    inputs = BuildInputs(
+        recipe=loaded.recipe,
+        recipe_path=_relative(config, loaded.path),
+        lock=lock,
+        lockfile_path=_relative(config, lock_path),
+        lockfile_sha256=file_sha256(lock_path),
+        chain=_chain(loaded, selection),
+        platform=platform,
+        parent=parent,
+    )
+    packages = lock.packages_for(platform)
+    statuses = {p.name: b"" for p in packages}
+    script = render_assemble_script(
+        loaded.recipe,
+        inputs.recipe_path,
+        unpack_steps(loaded.recipe, packages),
+        generated_files(inputs, statuses),
+        directories(inputs),
+        ca_bundle=any(p.name == "ca-certificates" for p in packages),
+    )
+    revision = git_revision(config.root, [inputs.recipe_path, inputs.lockfile_path])
+    dockerfile = render_dockerfile(
+        loaded.recipe,
+        inputs.recipe_path,
+        inputs.lockfile_path,
+        parent is not None,
+        labels(inputs, SOURCE_URL, revision),
+    )
+    return dockerfile, script
+
+
+def check_fresh(config: Config, loaded: LoadedRecipe) -> tuple[Lockfile, Path]:
+    """The recipe's lockfile, refusing one that no longer matches the recipe or parent."""
+    path = lockfile_path(config.lockfiles_dir, loaded.recipe.name)
+    lock = read_lockfile(path)
+    problems = []
+    if lock.recipe.sha256 != loaded.sha256:
+        problems.append(f"{loaded.path.name} changed since it was locked")
+    if loaded.recipe.parent:
+        parent_path = lockfile_path(config.lockfiles_dir, loaded.recipe.parent)
+        if (
+            lock.parent is None
+            or not parent_path.is_file()
+            or (lock.parent.lockfile_sha256 != file_sha256(parent_path))
+        ):
+            problems.append(f"the parent {loaded.recipe.parent}'s lockfile changed")
+    if problems:
+        raise LockfileError(
+            f"{path} is stale: {'; '.join(problems)}. Run `basekiln lock "
+            f"{loaded.recipe.name}` and review the diff before building."
+        )
+    return lock, path
+
+
+def inputs_digest(recipe_sha: str, lock_sha: str, parent_digest: str | None, buildkit: str) -> str:
+    """What a rebuild must match: any change here means a new build."""
+    parts = [
+        f"recipe {recipe_sha}",
+        f"lockfile {lock_sha}",
+        f"templates {templates_digest()}",
+        f"parent {parent_digest or '-'}",
+        f"buildkit {buildkit}",
+        f"basekiln {__version__}",
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def previous_result(config: Config, recipe: str, digest: str) -> BuildResult | None:
+    path = out_dir(config, recipe) / RESULT_NAME
+    if not path.is_file():
+        return None
+    try:
+        result = BuildResult.read(path)
+    except (ValueError, KeyError, TypeError):
+        return None
+    layout = Path(result.oci_layout)
+    if result.inputs_digest != digest or not result.reproducible or not layout.is_dir():
+        return None
+    try:
+        if read_image(layout, result.platform).digest != result.digest:
+            return None
+    except BuildError:
+        return None
+    return result
+
+
+def _chain(loaded: LoadedRecipe, selection: list[LoadedRecipe]) -> tuple[Recipe, ...]:
+    by_name = {s.recipe.name: s.recipe for s in selection}
+    chain = [loaded.recipe]
+    while chain[0].parent:
+        chain.insert(0, by_name[chain[0].parent])
+    return tuple(chain)
+
+
+def build_one(
+    config: Config,
+    loaded: LoadedRecipe,
+    selection: list[LoadedRecipe],
+    parent_result: BuildResult | None,
+    options: BuildOptions,
+) -> BuildResult:
+    recipe = loaded.recipe
+    lock, lock_path = check_fresh(config, loaded)
+    platform = platform_of(recipe.architectures[0])
+    version = buildkit_version()
+    parent = None
+    if recipe.parent:
+        if parent_result is None:
+            raise BuildError(f"{recipe.name}: its parent {recipe.parent} has no build result")
+        parent = ParentImage(recipe.parent, Path(parent_result.oci_layout), parent_result.digest)
+    digest = inputs_digest(
+        loaded.sha256, file_sha256(lock_path), parent.digest if parent else None, version
+    )
+    if not options.force and (reused := previous_result(config, recipe.name, digest)):
+        log.info("%s: inputs unchanged, reusing %s", recipe.name, reused.digest)
+        return reused
+
+    fetch(config, [lock], show_progress=options.show_progress)
+    cache = Cache(config.cache_dir)
+    tools = build_tool_image(cache, lock.tools_for(platform), lock.source_date_epoch, platform)
+    inputs = BuildInputs(
+        recipe=recipe,
+        recipe_path=_relative(config, loaded.path),
+        lock=lock,
+        lockfile_path=_relative(config, lock_path),
+        lockfile_sha256=file_sha256(lock_path),
+        chain=_chain(loaded, selection),
+        platform=platform,
+        parent=parent,
+    )
+    return _double_build(config, loaded, inputs, tools, version, digest, options)
+
+
+def _relative(config: Config, path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(config.root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _double_build(
+    config: Config,
+    loaded: LoadedRecipe,
+    inputs: BuildInputs,
+    tools: ToolImage,
+    version: str,
+    digest: str,
+    options: BuildOptions,
+) -> BuildResult:
+    recipe = inputs.recipe
+    out = out_dir(config, recipe.name)
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    revision = git_revision(config.root, [inputs.recipe_path, inputs.lockfile_path])
+    image_labels = labels(inputs, SOURCE_URL, revision)
+    annotations = {
+        k: v for k, v in image_labels.items() if k.startswith("org.opencontainers.image.")
+    }
+    named = [NamedImage("tools", tools.layout, tools.digest)]
+    if inputs.parent is not None:
+        named.append(NamedImage("parent", inputs.parent.layout, inputs.parent.digest))
+    cache = Cache(config.cache_dir)
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+
+    # The second build directory differs in depth and name, not only in a suffix.
+    other_root = Path(tempfile.mkdtemp(prefix="basekiln-build-b-", dir=sandbox_root()))
+    contexts = {
+        "a": prepare_context(cache, inputs, work / "a" / "context", SOURCE_URL, revision),
+        "b": prepare_context(
+            cache, inputs, other_root / "deeper" / "build" / "context", SOURCE_URL, revision
+        ),
+    }
+    try:
+        with _progress(options.show_progress) as progress:
+
+            def one(perturbation: Perturbation) -> SandboxBuild:
+                task = progress.add_task(
+                    f"{recipe.name} [{perturbation.name}] starting", total=None
+                )
+                return _build_in_sandbox(
+                    perturbation,
+                    contexts[perturbation.name],
+                    work / perturbation.name / "oci",
+                    inputs,
+                    named,
+                    annotations,
+                    config.file.buildkit.timeout_seconds,
+                    lambda text: progress.update(task, description=text),
+                )
+
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                builds = list(pool.map(one, (PLAIN, PERTURBED)))
+    finally:
+        shutil.rmtree(other_root, ignore_errors=True)
+
+    reproducible = builds[0].digest == builds[1].digest
+    final_layout = out / "oci"
+    report_path = None
+    if reproducible:
+        shutil.rmtree(final_layout, ignore_errors=True)
+        Path(builds[0].oci_layout).rename(final_layout)
+        builds[0] = SandboxBuild(
+            builds[0].sandbox,
+            builds[0].digest,
+            builds[0].perturbations,
+            str(final_layout),
+            builds[0].seconds,
+        )
+    else:
+        report_path = _diff_report(out, builds)
+
+    result = BuildResult(
+        recipe=recipe.name,
+        recipe_path=inputs.recipe_path,
+        recipe_sha256=loaded.sha256,
+        lockfile_path=inputs.lockfile_path,
+        lockfile_sha256=inputs.lockfile_sha256,
+        platform=inputs.platform,
+        digest=builds[0].digest,
+        reproducible=reproducible,
+        builds=tuple(builds),
+        oci_layout=str(final_layout if reproducible else builds[0].oci_layout),
+        buildkit_version=version,
+        source_date_epoch=inputs.lock.source_date_epoch,
+        started_on=started.isoformat(timespec="seconds"),
+        finished_on=datetime.now(UTC).isoformat(timespec="seconds"),
+        seconds=round(time.monotonic() - clock, 2),
+        parent_digest=inputs.parent.digest if inputs.parent else None,
+        report=str(report_path) if report_path else None,
+        inputs_digest=digest,
+    )
+    if not reproducible:
+        _write_result(out, result)
+        raise NotReproducibleError(
+            f"{recipe.name} is not reproducible: sandbox a gave {builds[0].digest}, sandbox "
+            f"b gave {builds[1].digest}. Report: {report_path}"
+        )
+    _check_parent_layers(inputs, final_layout)
+    if options.run_tests:
+        _run_tests(config, inputs, final_layout, named[0])
+    _write_result(out, result)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _build_in_sandbox(
+    perturbation: Perturbation,
+    context: Path,
+    output: Path,
+    inputs: BuildInputs,
+    named: list[NamedImage],
+    annotations: dict[str, str],
+    timeout: float,
+    status: Callable[[str], None],
+) -> SandboxBuild:
+    clock = time.monotonic()
+    with local_sandbox(perturbation) as sandbox:
+        status(f"{inputs.recipe.name} [{sandbox.name}] building")
+        _run_build(sandbox, context, output, inputs, named, annotations, timeout, status)
+    image = read_image(output, inputs.platform)
+    return SandboxBuild(
+        sandbox=sandbox.describes,
+        digest=image.digest,
+        perturbations=perturbation.describe(context),
+        oci_layout=str(output),
+        seconds=round(time.monotonic() - clock, 2),
+    )
+
+
+def _run_build(
+    sandbox: Sandbox,
+    context: Path,
+    output: Path,
+    inputs: BuildInputs,
+    named: list[NamedImage],
+    annotations: dict[str, str],
+    timeout: float,
+    status: Callable[[str], None],
+) -> None:
+    perturbation = sandbox.perturbation
+    argv = _buildctl.build_argv(
+        sandbox.endpoint,
+        context,
+        output,
+        inputs.lock.source_date_epoch,
+        named,
+        build_args={"TZ": perturbation.tz, "LANG": perturbation.locale},
+        frontend_opts={"hostname": perturbation.hostname},
+        platform=inputs.platform,
+        annotations=annotations,
+    )
+
+    def on_line(line: str) -> None:
+        step = _buildctl.step_started(line)
+        if step:
+            status(f"{inputs.recipe.name} [{sandbox.name}] {step[:70]}")
+
+    log_text = _buildctl.build(argv, timeout, on_line)
+    (output.parent / "build.log").write_text(log_text)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def _check_parent_layers(inputs: BuildInputs, layout: Path) -> None:
+    """A derived image must carry its parent's layers byte for byte (moby/buildkit#4805)."""
+    if inputs.parent is None:
+        return
+    parent = read_image(inputs.parent.layout, inputs.platform)
+    child = read_image(layout, inputs.platform)
+    expected = [layer.digest for layer in parent.layers]
+    actual = [layer.digest for layer in child.layers[: len(expected)]]
+    if actual != expected:
+        raise BuildError(
+            f"{inputs.recipe.name}: the build changed its parent's layers (expected "
+            f"{expected}, got {actual}); timestamp rewriting touched base layers "
+            "(moby/buildkit#4805). Refusing the image."
+        )
+
+
+def _run_tests(config: Config, inputs: BuildInputs, layout: Path, tools: NamedImage) -> None:
+    tests = inputs.recipe.tests
+    image = read_image(layout, inputs.platform)
+    outcomes = run_static_tests(image, tests)
+    if tests.commands:
+        with local_sandbox(PLAIN) as sandbox:
+            outcomes += run_command_tests(
+                sandbox,
+                inputs.recipe.name,
+                image,
+                tools,
+                list(tests.commands),
+                inputs.lock.source_date_epoch,
+                inputs.platform,
+                config.file.buildkit.timeout_seconds,
+            )
+    raise_on_failures(inputs.recipe.name, outcomes)
+    log.info("%s: %d image tests passed", inputs.recipe.name, len(outcomes))
+
+
+def _diff_report(out: Path, builds: list[SandboxBuild]) -> Path:
+    try:
+        from basekiln.compare import compare_layouts_report
+    except ImportError:
+        path = out / "report.json"
+        path.write_text(json.dumps({"builds": [vars(b) for b in builds]}, indent=2))
+        return path
+    return compare_layouts_report(out, builds)
+
+
+def _write_result(out: Path, result: BuildResult) -> None:
+    from basekiln.lockfile import write_atomic
+
+    write_atomic(out / RESULT_NAME, (json.dumps(result.to_json(), indent=2) + "\n").encode())

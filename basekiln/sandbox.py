@@ -1,0 +1,233 @@
+"""Sandboxes: a fresh buildkitd per build, or a named remote daemon.
+
+A local sandbox owns a new state directory, socket and runc worker, is health-checked
+before use, and is torn down afterwards whatever happened: the daemon's whole process
+group is stopped and any mount left under its state directory is detached, so no
+process or mount outlives the build. The second sandbox of a double build is perturbed
+(time zone, locale, umask, host name, CPU count, build directory) so that a build
+depending on any of them is caught.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from basekiln._buildctl import Endpoint, ping
+from basekiln._run import CommandError, which
+from basekiln.errors import BuildError
+from basekiln.render import environment
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+MNT_DETACH = 2
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """The environment one sandbox builds in."""
+
+    name: str
+    tz: str
+    locale: str
+    umask: int
+    hostname: str
+    cpus: int | None  # None: every CPU of the machine
+
+    def describe(self, build_dir: Path) -> dict[str, str]:
+        return {
+            "tz": self.tz,
+            "locale": self.locale,
+            "umask": f"{self.umask:04o}",
+            "hostname": self.hostname,
+            "build_dir": str(build_dir),
+            "cpus": str(self.cpus) if self.cpus else str(os.cpu_count() or 1),
+        }
+
+
+PLAIN = Perturbation("a", tz="UTC", locale="C.UTF-8", umask=0o022, hostname="basekiln-a", cpus=None)
+PERTURBED = Perturbation(
+    "b",
+    tz="Pacific/Kiritimati",
+    locale="fr_FR.UTF-8",
+    umask=0o077,
+    hostname="kiln-b-perturbed.example",
+    cpus=1,
+)
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    name: str
+    endpoint: Endpoint
+    perturbation: Perturbation
+    state_dir: Path | None  # None for remote daemons
+
+    @property
+    def describes(self) -> str:
+        return f"local buildkitd {self.name}" if self.state_dir else self.endpoint.address
+
+
+def sandbox_root() -> Path:
+    return Path(os.environ.get("BASEKILN_SANDBOX_DIR", tempfile.gettempdir()))
+
+
+@contextlib.contextmanager
+def local_sandbox(perturbation: Perturbation, parent_dir: Path | None = None) -> Iterator[Sandbox]:
+    """Start a fresh buildkitd; stop it and remove its state on the way out."""
+    if which("buildkitd") is None:
+        raise BuildError("buildkitd is not installed; run `make setup`")
+    base = parent_dir or sandbox_root()
+    base.mkdir(parents=True, exist_ok=True)
+    state = Path(tempfile.mkdtemp(prefix=f"basekiln-{perturbation.name}-", dir=base))
+    address = f"unix://{state}/buildkitd.sock"
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        process = _start(state, address, perturbation)
+        endpoint = Endpoint(address)
+        _wait_healthy(process, endpoint, state)
+        log.debug("sandbox %s ready at %s", perturbation.name, address)
+        yield Sandbox(perturbation.name, endpoint, perturbation, state)
+    finally:
+        if process is not None:
+            _stop(process)
+        detach_mounts(state)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _start(state: Path, address: str, perturbation: Perturbation) -> subprocess.Popen[bytes]:
+    cpus = perturbation.cpus or os.cpu_count() or 1
+    config = state / "buildkitd.toml"
+    config.write_text(
+        environment()
+        .get_template("buildkitd.toml.j2")
+        .render(root=state / "root", address=address, max_parallelism=cpus)
+    )
+    env = {
+        **os.environ,
+        "TZ": perturbation.tz,
+        "LANG": perturbation.locale,
+        "LC_ALL": perturbation.locale,
+    }
+    daemon = which("buildkitd")
+    assert daemon is not None
+    argv = [
+        daemon,
+        "--config",
+        str(config),
+        "--root",
+        str(state / "root"),
+        "--addr",
+        address,
+        "--oci-worker=true",
+        "--containerd-worker=false",
+    ]
+    allowed = set(list(sorted(os.sched_getaffinity(0)))[:cpus])
+
+    def in_child() -> None:
+        os.umask(perturbation.umask)
+        os.sched_setaffinity(0, allowed)
+
+    log_file = open(state / "buildkitd.log", "wb")  # noqa: SIM115 (owned by the daemon)
+    try:
+        return subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=in_child,
+        )
+    finally:
+        log_file.close()
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], endpoint: Endpoint, state: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BuildError(
+                f"buildkitd exited with code {process.returncode} while starting;"
+                f" its log ends:\n{log_tail(state)}"
+            )
+        if (state / "buildkitd.sock").exists():
+            with contextlib.suppress(CommandError):
+                ping(endpoint, timeout=5)
+                return
+        time.sleep(0.1)
+    raise BuildError(
+        f"buildkitd did not become healthy within {START_TIMEOUT:.0f}s; its log "
+        f"ends:\n{log_tail(state)}"
+    )
+
+
+def log_tail(state: Path, lines: int = 25) -> str:
+    path = state / "buildkitd.log"
+    if not path.is_file():
+        return "(no log written)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        log.warning("buildkitd %d ignored SIGTERM; killing it", process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    # Children (runc, shims) that outlived the daemon share its process group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path`, deepest first (from /proc/self/mountinfo)."""
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            point = line.split()[4].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def detach_mounts(path: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for point in mounts_under(path):
+        if libc.umount2(point.encode(), MNT_DETACH) != 0:
+            log.warning("could not detach %s: %s", point, os.strerror(ctypes.get_errno()))
+
+
+def remote_sandbox(
+    address: str,
+    name: str,
+    perturbation: Perturbation,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> Sandbox:
+    """A daemon someone else runs; only client-side perturbations apply."""
+    endpoint = Endpoint(address, tls_ca, tls_cert, tls_key)
+    try:
+        ping(endpoint, timeout=15)
+    except CommandError as exc:
+        raise BuildError(
+            f"remote BuildKit daemon {address} does not answer: {exc.message}"
+        ) from exc
+    return Sandbox(name, endpoint, perturbation, None)
