@@ -31,5 +31,8 @@ run: setup
 	$(VENV)/bin/basekiln lock --check || $(VENV)/bin/basekiln lock
 	$(VENV)/bin/basekiln fetch
 
+registry: setup
+	scripts/registry.sh start
+
 clean:
 	rm -rf $(VENV) .tools .cache

@@ -29,7 +29,10 @@ SCAN_TIMEOUT = 600.0
 VERSION_TIMEOUT = 30.0
 
 # Env vars win over any syft config file a user may have lying around (~/.syft.yaml).
+# Not `--quiet`: that also hides the error a failed scan prints. NO_COLOR keeps ANSI
+# codes out of the stderr an error message quotes.
 _OFFLINE_ENV = {
+    "NO_COLOR": "1",
     "SYFT_CHECK_FOR_APP_UPDATE": "false",
     "SYFT_ENRICH": "",
     "SYFT_GOLANG_SEARCH_REMOTE_LICENSES": "false",
@@ -124,7 +127,7 @@ def scan(
     `registry_source`). `insecure_http` lets syft talk plain HTTP to a registry (for
     loopback registries); `ca_file` adds a CA for a registry's TLS certificate.
     """
-    argv = [program(), "scan", source, "--quiet", "--scope", "squashed"]
+    argv = [program(), "scan", source, "--scope", "squashed"]
     argv += ["-o", f"spdx-json={spdx_path}", "-o", f"cyclonedx-json={cyclonedx_path}"]
     if platform is not None:
         argv += ["--platform", platform]

@@ -7,9 +7,11 @@ basekiln versions) reuse the last accepted result instead of building again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -26,17 +28,27 @@ from basekiln._buildctl import NamedImage
 from basekiln.assemble import BuildInputs, ParentImage, git_revision, labels, prepare_context
 from basekiln.cache import Cache
 from basekiln.catalogue import load_selection
+from basekiln.compare import compare_layouts_report
 from basekiln.config import Config
-from basekiln.errors import BuildError, LockfileError, NotReproducibleError
+from basekiln.errors import BuildError, InputError, LockfileError, NotReproducibleError
 from basekiln.fetch import fetch
 from basekiln.imagetest import raise_on_failures, run_command_tests, run_static_tests
 from basekiln.lock import platform_of
-from basekiln.lockfile import Lockfile, file_sha256, lockfile_path, read_lockfile
+from basekiln.lockfile import Lockfile, file_sha256, lockfile_path, read_lockfile, write_atomic
 from basekiln.oci import read_image
 from basekiln.recipe import LoadedRecipe, Recipe
 from basekiln.render import templates_digest
 from basekiln.results import BuildResult, SandboxBuild
-from basekiln.sandbox import PERTURBED, PLAIN, Perturbation, Sandbox, local_sandbox, sandbox_root
+from basekiln.sandbox import (
+    PERTURBED,
+    PLAIN,
+    Perturbation,
+    Sandbox,
+    local_sandbox,
+    remote_sandbox,
+    sandbox_root,
+    stop_all,
+)
 from basekiln.toolimage import ToolImage, build_tool_image
 
 log = logging.getLogger(__name__)
@@ -254,14 +266,11 @@ def _double_build(
     clock = time.monotonic()
 
     # The second build directory differs in depth and name, not only in a suffix.
+    context_a = prepare_context(cache, inputs, work / "a" / "context", SOURCE_URL, revision)
     other_root = Path(tempfile.mkdtemp(prefix="basekiln-build-b-", dir=sandbox_root()))
-    contexts = {
-        "a": prepare_context(cache, inputs, work / "a" / "context", SOURCE_URL, revision),
-        "b": prepare_context(
-            cache, inputs, other_root / "deeper" / "build" / "context", SOURCE_URL, revision
-        ),
-    }
+    contexts = {"a": context_a, "b": other_root / "deeper" / "build" / "context"}
     try:
+        shutil.copytree(context_a, contexts["b"], copy_function=os.link)
         with _progress(options.show_progress) as progress:
 
             def one(perturbation: Perturbation) -> SandboxBuild:
@@ -269,6 +278,7 @@ def _double_build(
                     f"{recipe.name} [{perturbation.name}] starting", total=None
                 )
                 return _build_in_sandbox(
+                    config,
                     perturbation,
                     contexts[perturbation.name],
                     work / perturbation.name / "oci",
@@ -280,7 +290,11 @@ def _double_build(
                 )
 
             with ThreadPoolExecutor(max_workers=2) as pool:
-                builds = list(pool.map(one, (PLAIN, PERTURBED)))
+                try:
+                    builds = list(pool.map(one, (PLAIN, PERTURBED)))
+                except BaseException:
+                    stop_all()  # the other build must not run on after this one failed
+                    raise
     finally:
         shutil.rmtree(other_root, ignore_errors=True)
 
@@ -298,7 +312,7 @@ def _double_build(
             builds[0].seconds,
         )
     else:
-        report_path = _diff_report(out, builds)
+        report_path = compare_layouts_report(out, builds, inputs.platform)
 
     result = BuildResult(
         recipe=recipe.name,
@@ -334,7 +348,37 @@ def _double_build(
     return result
 
 
+def sandbox_for(
+    config: Config, perturbation: Perturbation
+) -> contextlib.AbstractContextManager[Sandbox]:
+    """A fresh local sandbox, or the configured remote daemon for this build.
+
+    With remote daemons, the two builds of one image must use two different ones, or
+    the comparison would prove nothing about independence.
+    """
+    settings = config.file.buildkit
+    if not settings.endpoints:
+        return local_sandbox(perturbation)
+    if len(set(settings.endpoints)) < 2:
+        raise InputError(
+            "basekiln.toml: [buildkit] endpoints must name two different daemons (the two "
+            f"builds of an image must not share one); got {settings.endpoints}"
+        )
+    address = settings.endpoints[0 if perturbation.name == "a" else 1]
+    return contextlib.nullcontext(
+        remote_sandbox(
+            address,
+            perturbation.name,
+            perturbation,
+            settings.tls_ca,
+            settings.tls_cert,
+            settings.tls_key,
+        )
+    )
+
+
 def _build_in_sandbox(
+    config: Config,
     perturbation: Perturbation,
     context: Path,
     output: Path,
@@ -345,7 +389,7 @@ def _build_in_sandbox(
     status: Callable[[str], None],
 ) -> SandboxBuild:
     clock = time.monotonic()
-    with local_sandbox(perturbation) as sandbox:
+    with sandbox_for(config, perturbation) as sandbox:
         status(f"{inputs.recipe.name} [{sandbox.name}] building")
         _run_build(sandbox, context, output, inputs, named, annotations, timeout, status)
     image = read_image(output, inputs.platform)
@@ -422,7 +466,7 @@ def _run_tests(config: Config, inputs: BuildInputs, layout: Path, tools: NamedIm
     image = read_image(layout, inputs.platform)
     outcomes = run_static_tests(image, tests)
     if tests.commands:
-        with local_sandbox(PLAIN) as sandbox:
+        with sandbox_for(config, PLAIN) as sandbox:
             outcomes += run_command_tests(
                 sandbox,
                 inputs.recipe.name,
@@ -437,17 +481,5 @@ def _run_tests(config: Config, inputs: BuildInputs, layout: Path, tools: NamedIm
     log.info("%s: %d image tests passed", inputs.recipe.name, len(outcomes))
 
 
-def _diff_report(out: Path, builds: list[SandboxBuild]) -> Path:
-    try:
-        from basekiln.compare import compare_layouts_report
-    except ImportError:
-        path = out / "report.json"
-        path.write_text(json.dumps({"builds": [vars(b) for b in builds]}, indent=2))
-        return path
-    return compare_layouts_report(out, builds)
-
-
 def _write_result(out: Path, result: BuildResult) -> None:
-    from basekiln.lockfile import write_atomic
-
     write_atomic(out / RESULT_NAME, (json.dumps(result.to_json(), indent=2) + "\n").encode())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from rich.logging import RichHandler
 from basekiln import __version__
 from basekiln.catalogue import load_selection
 from basekiln.config import Config, load_config
-from basekiln.errors import BasekilnError, ExitCode
+from basekiln.errors import BasekilnError, ExitCode, InterruptedRunError
 from basekiln.lock import LockOutcome, Mode, lock_all
 from basekiln.lockfile import lockfile_path, read_lockfile
 from basekiln.results import BuildResult
@@ -270,5 +271,17 @@ def doctor(as_json: bool) -> None:
         sys.exit(int(ExitCode.FAILURE))
 
 
+def _unwind_on_signals() -> None:
+    # Ctrl-C and SIGTERM (a CI timeout, a stopped Prefect worker) must unwind through
+    # `finally` blocks, so that sandboxes are torn down rather than leaked.
+    def handler(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        raise InterruptedRunError(f"interrupted by {name}; sandboxes were torn down")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
 def main() -> Any:
+    _unwind_on_signals()
     return cli()

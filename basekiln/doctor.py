@@ -94,7 +94,8 @@ TOOLS = (
     ),
 )
 
-_VERSION = re.compile(r"v?\d+\.\d+(?:\.\d+)?[\w.+~-]*")
+# One number is a version too: diffoscope prints `diffoscope 240`.
+_VERSION = re.compile(r"v?\d+(?:\.\d+)*[\w.+~-]*")
 
 
 def check_tool(tool: ToolCheck) -> ToolStatus:

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     INPUT = 2
     NOT_REPRODUCIBLE = 3
     VERIFICATION = 4
+    INTERRUPTED = 130
 
 
 class BasekilnError(Exception):
@@ -76,3 +77,9 @@ class VerificationError(BasekilnError):
     """A signature, attestation or policy check failed."""
 
     exit_code = ExitCode.VERIFICATION
+
+
+class InterruptedRunError(BasekilnError):
+    """SIGINT or SIGTERM arrived; everything started was torn down on the way out."""
+
+    exit_code = ExitCode.INTERRUPTED

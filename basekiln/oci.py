@@ -40,12 +40,20 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Descriptor:
-        return cls(media_type=data["mediaType"], digest=data["digest"], size=int(data["size"]),
-                   annotations=data.get("annotations"), platform=data.get("platform"))
+        return cls(
+            media_type=data["mediaType"],
+            digest=data["digest"],
+            size=int(data["size"]),
+            annotations=data.get("annotations"),
+            platform=data.get("platform"),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
-                               "size": self.size}
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
         if self.annotations:
             out["annotations"] = self.annotations
         if self.platform:
@@ -181,24 +189,34 @@ def write_image(
         tar_bytes = layer_tar(entries, mtime)
         compressed = gzip.compress(tar_bytes, compresslevel=6, mtime=0)
         digest = write_blob(layout, compressed)
-        layer_descriptors.append({"mediaType": MEDIA_LAYER_GZIP, "digest": digest,
-                                  "size": len(compressed)})
+        layer_descriptors.append(
+            {"mediaType": MEDIA_LAYER_GZIP, "digest": digest, "size": len(compressed)}
+        )
         diff_ids.append(sha256_digest(tar_bytes))
-    image_config = {"architecture": arch, "os": os_name, "config": {},
-                    "rootfs": {"type": "layers", "diff_ids": diff_ids}, **(config or {})}
+    image_config = {
+        "architecture": arch,
+        "os": os_name,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        **(config or {}),
+    }
     config_bytes = canonical_json(image_config)
     config_digest = write_blob(layout, config_bytes)
     manifest: dict[str, Any] = {
-        "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
-        "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest,
-                   "size": len(config_bytes)},
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config_bytes)},
         "layers": layer_descriptors,
     }
     if annotations:
         manifest["annotations"] = annotations
     manifest_bytes = canonical_json(manifest)
-    descriptor = Descriptor(MEDIA_MANIFEST, write_blob(layout, manifest_bytes),
-                            len(manifest_bytes), platform={"os": os_name, "architecture": arch})
+    descriptor = Descriptor(
+        MEDIA_MANIFEST,
+        write_blob(layout, manifest_bytes),
+        len(manifest_bytes),
+        platform={"os": os_name, "architecture": arch},
+    )
     index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [descriptor.to_json()]}
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     (layout / "index.json").write_bytes(canonical_json(index))

@@ -23,11 +23,14 @@ internalParameters (what basekiln chose; a rebuild must match them to reproduce)
                     where perturbations maps a perturbed setting (time zone, umask,
                     locale, hostname, build path, CPU count) to its value.
 
-resolvedDependencies: every locked `.deb` for the platform, along the parent chain
-(uri is its purl `pkg:deb/debian/NAME@VERSION?arch=ARCH`, downloadLocation its first
-mirror URL, digest its sha256, annotations the recipe whose lockfile pins it); every
-`InRelease` those lockfiles were resolved against (uri its URL, digest its sha256);
-and the parent image, if any (uri `pkg:oci/RECIPE`, digest its manifest sha256).
+resolvedDependencies: every `.deb` the image contains, along the parent chain, and
+the tool `.deb`s this build ran (busybox, ldconfig; the lockfile's `tools`): uri is
+its purl `pkg:deb/debian/NAME@VERSION?arch=ARCH`, downloadLocation its first mirror
+URL, digest its sha256, annotations {recipe: whose lockfile pins it, role: `content`
+or `build-tool`, archive, suite}. Then every `InRelease` those lockfiles were resolved
+against (uri its URL, digest its sha256), and the parent image, if any (uri
+`pkg:oci/RECIPE`, digest its manifest sha256, annotations {role: `parent-image`,
+lockfileSha256}).
 
 byproducts: one entry per sandbox build, `build-1`, `build-2`…, with its digest; the
 second and later builds are the twins that confirm the first.
@@ -181,14 +184,18 @@ def _digest_set(digest: str) -> dict[str, str]:
 
 
 def resolved_dependencies(result: BuildResult, chain: Sequence[Lockfile]) -> list[Json]:
-    """The .debs and InRelease files of every lockfile in `chain`, then the parent image."""
+    """Every .deb and InRelease along `chain`, this build's tool .debs, the parent image."""
     debs: dict[str, Json] = {}
     releases: dict[tuple[str, str], Json] = {}
     for lock in chain:
         for pkg in lock.packages_for(result.platform):
-            debs.setdefault(pkg.sha256, _deb_descriptor(pkg, lock))
+            debs.setdefault(pkg.sha256, _deb_descriptor(pkg, lock, "content"))
         for release in lock.releases:
             releases.setdefault((release.url, release.sha256), _release_descriptor(release))
+
+    # Only this build's tools: a parent's tools built the parent, not this image.
+    for pkg in chain[0].tools_for(result.platform):
+        debs.setdefault(pkg.sha256, _deb_descriptor(pkg, chain[0], "build-tool"))
 
     deps = sorted(debs.values(), key=lambda d: (d["name"], d["uri"]))
     deps += [releases[key] for key in sorted(releases)]
@@ -205,12 +212,17 @@ def deb_purl(pkg: LockedPackage) -> str:
     return f"pkg:deb/debian/{name}@{version}?arch={quote(pkg.architecture, safe='')}"
 
 
-def _deb_descriptor(pkg: LockedPackage, lock: Lockfile) -> Json:
+def _deb_descriptor(pkg: LockedPackage, lock: Lockfile, role: str) -> Json:
     descriptor: Json = {
         "name": pkg.filename.rpartition("/")[2],
         "uri": deb_purl(pkg),
         "digest": {"sha256": pkg.sha256},
-        "annotations": {"recipe": lock.recipe.name, "archive": pkg.archive, "suite": pkg.suite},
+        "annotations": {
+            "recipe": lock.recipe.name,
+            "role": role,
+            "archive": pkg.archive,
+            "suite": pkg.suite,
+        },
     }
     mirrors = lock.mirrors.get(pkg.archive, [])
     if mirrors:

@@ -107,6 +107,9 @@ class Recipe(_Strict):
     architectures: list[Literal["amd64", "arm64"]] = Field(default=["amd64"], min_length=1)
     packages: list[PackageSpec] = []
     drop: list[str] = []
+    # Shell commands run by the tool stage's busybox after unpacking, with $root the
+    # image root and no network; for what no package does (compiling .pyc files, say).
+    steps: list[str] = []
     users: list[User] = []
     groups: list[Group] = []
     env: dict[str, str] = {}

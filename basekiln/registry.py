@@ -225,7 +225,7 @@ def cosign_tags(digest: str, tags: Sequence[str]) -> list[str]:
 class Credentials:
     username: str
     password: str = field(repr=False)
-    source: str = f"{USERNAME_ENV}/{PASSWORD_ENV}"
+    source: str = ""  # where they came from, for error messages
 
 
 def credentials_from_env(env: Mapping[str, str] | None = None) -> Credentials | None:
@@ -239,7 +239,7 @@ def credentials_from_env(env: Mapping[str, str] | None = None) -> Credentials | 
             f"set both {USERNAME_ENV} and {PASSWORD_ENV} (only one of them is set, or the "
             "user name is empty)"
         )
-    return Credentials(username, password)
+    return Credentials(username, password, source=f"{USERNAME_ENV} and {PASSWORD_ENV}")
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 def _is_tls_failure(exc: BaseException) -> bool:
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(10):  # the cause chain, bounded
+        if seen is None:
+            break
         if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
@@ -366,7 +368,9 @@ class RegistryClient:
         attempts: int = 5,
         backoff: float = 0.25,
         chunk_size: int = CHUNK_SIZE,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`transport` replaces the network, for tests (an `httpx.MockTransport`)."""
         self.endpoint = endpoint
         self.attempts = attempts
         self.backoff = backoff
@@ -380,6 +384,7 @@ class RegistryClient:
             headers={"User-Agent": USER_AGENT},
             verify=verify,
             trust_env=False,
+            transport=transport,
         )
         self._basic = False
         self._tokens: dict[str, str] = {}
@@ -719,8 +724,7 @@ class RegistryClient:
         request = self._http.build_request(
             method, url, headers=headers, content=content, params=params
         )
-        response = self._send(request, scopes, stream=False)
-        return response
+        return self._send(request, scopes, stream=False)
 
     def _stream(self, method: str, url: str, repository: str) -> _StreamedResponse:
         scopes = (f"repository:{repository}:pull",)
@@ -802,9 +806,10 @@ class RegistryClient:
         credentials = self.endpoint.credentials
         if credentials is None:
             return self._missing()
+        origin = f" from {credentials.source}" if credentials.source else ""
         return RegistryAuthError(
-            f"registry {self.host} refused the login of user {credentials.username!r} "
-            f"(from {credentials.source}); check the user name and password"
+            f"registry {self.host} refused the login of user {credentials.username!r}"
+            f"{origin}; check the user name and password"
         )
 
 

@@ -97,6 +97,7 @@ def render_assemble_script(
             generated=generated,
             directories=directories,
             ca_bundle=ca_bundle,
+            steps=recipe.steps,
         )
     )
 

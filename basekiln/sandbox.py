@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from basekiln.errors import BuildError
 from basekiln.render import environment
 
 log = logging.getLogger(__name__)
+
+_running: set[subprocess.Popen[bytes]] = set()
+_running_lock = threading.Lock()
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -92,19 +96,27 @@ def local_sandbox(perturbation: Perturbation, parent_dir: Path | None = None) ->
     base = parent_dir or sandbox_root()
     base.mkdir(parents=True, exist_ok=True)
     state = Path(tempfile.mkdtemp(prefix=f"basekiln-{perturbation.name}-", dir=base))
-    address = f"unix://{state}/buildkitd.sock"
+    # Unix socket paths are limited to 104 bytes, so the socket lives in a short path.
+    socket_dir = Path(tempfile.mkdtemp(prefix="bk-", dir="/tmp"))
+    socket = socket_dir / "buildkitd.sock"
+    address = f"unix://{socket}"
     process: subprocess.Popen[bytes] | None = None
     try:
         process = _start(state, address, perturbation)
+        with _running_lock:
+            _running.add(process)
         endpoint = Endpoint(address)
-        _wait_healthy(process, endpoint, state)
+        _wait_healthy(process, endpoint, state, socket)
         log.debug("sandbox %s ready at %s", perturbation.name, address)
         yield Sandbox(perturbation.name, endpoint, perturbation, state)
     finally:
         if process is not None:
             _stop(process)
+            with _running_lock:
+                _running.discard(process)
         detach_mounts(state)
         shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _start(state: Path, address: str, perturbation: Perturbation) -> subprocess.Popen[bytes]:
@@ -154,7 +166,21 @@ def _start(state: Path, address: str, perturbation: Perturbation) -> subprocess.
         log_file.close()
 
 
-def _wait_healthy(process: subprocess.Popen[bytes], endpoint: Endpoint, state: Path) -> None:
+def stop_all() -> None:
+    """Kill every local daemon now, so builds in other threads fail fast and unwind.
+
+    Each sandbox's own `finally` still detaches its mounts and removes its state.
+    """
+    with _running_lock:
+        processes = list(_running)
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_healthy(
+    process: subprocess.Popen[bytes], endpoint: Endpoint, state: Path, socket: Path
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -162,7 +188,7 @@ def _wait_healthy(process: subprocess.Popen[bytes], endpoint: Endpoint, state: P
                 f"buildkitd exited with code {process.returncode} while starting;"
                 f" its log ends:\n{log_tail(state)}"
             )
-        if (state / "buildkitd.sock").exists():
+        if socket.exists():
             with contextlib.suppress(CommandError):
                 ping(endpoint, timeout=5)
                 return

@@ -18,8 +18,10 @@ say() { printf 'setup-tools: %s\n' "$*" >&2; }
 install_debian_packages() {
   # gpgv + keyring verify InRelease; runc is BuildKit's worker; docker-registry is
   # the loopback OCI registry; mmdebstrap is the benchmark's reference; gnupg and
-  # dpkg-dev build the signed test archive.
-  local wanted=(gpgv gnupg debian-archive-keyring runc docker-registry mmdebstrap dpkg-dev)
+  # dpkg-dev build the signed test archive; openssl makes the TLS test registry's
+  # certificates.
+  local wanted=(gpgv gnupg debian-archive-keyring runc docker-registry mmdebstrap dpkg-dev
+    openssl curl)
   local missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

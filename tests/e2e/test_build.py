@@ -1,0 +1,399 @@
+"""The double build end to end: real buildkitd sandboxes, real packages, no mocks.
+
+Every test here starts BuildKit daemons, so all are marked slow. The archive is the
+signed test archive, carrying Debian's real busybox-static and libc-bin (the tool
+stage needs them to run) beside packages made for each case.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from basekiln.oci import read_image
+from basekiln.sandbox import PLAIN, local_sandbox, mounts_under
+from tests.conftest import BASEKILN, Project, write_project
+from tests.fixtures.archive import ArchiveTree, Deb, SigningKey, Suite
+from tests.fixtures.buildarchive import CraftedDeb, Member, real_tool_debs
+from tests.fixtures.httpserver import ArchiveServer
+
+pytestmark = pytest.mark.slow
+
+DATE = "Sat, 01 Jun 2024 10:00:00 UTC"
+SOURCES = "sources: [{archive: debian, suite: bookworm}]\n"
+
+TINY = (
+    """\
+name: tiny
+description: busybox and a user, enough to run command tests
+"""
+    + SOURCES
+    + """\
+packages:
+  - {name: base-files, dependencies: false}
+  - {name: busybox-static, dependencies: false}
+drop: [/usr/share/doc]
+users:
+  - {name: root, uid: 0, gid: 0, home: /root}
+  - {name: nonroot, uid: 65532, gid: 65532, home: /home/nonroot}
+env: {GREETING: hello}
+user: "65532"
+workdir: /home/nonroot
+entrypoint: [/bin/busybox]
+tests:
+  commands:
+    - {name: busybox runs as nonroot, command: [/bin/busybox, id, -u], stdout: "^65532"}
+    - {name: env reaches the command, command: [/bin/busybox, env],
+       stdout: "GREETING=hello"}
+  files:
+    - {name: home, path: /home/nonroot, mode: "0700", uid: 65532}
+    - {name: passwd, path: /etc/passwd, contains: "nonroot:x:65532"}
+    - {name: docs dropped, path: /usr/share/doc, present: false}
+    - {name: scanners see busybox, path: /var/lib/dpkg/status.d/busybox-static}
+  metadata:
+    - {name: nonroot user, user: "65532", entrypoint: [/bin/busybox],
+       env: {GREETING: hello}}
+"""
+)
+
+CHILD = (
+    """\
+name: child
+parent: tiny
+"""
+    + SOURCES
+    + """\
+packages:
+  - extra-data
+tests:
+  files:
+    - {name: parent files kept, path: /bin/busybox}
+    - {name: own files, path: /usr/share/extra-data/payload}
+"""
+)
+
+
+@pytest.fixture(scope="session")
+def build_archive_template(
+    tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey
+) -> ArchiveTree:
+    base = tmp_path_factory.mktemp("build-archive")
+    packages = (
+        *real_tool_debs(),
+        Deb("base-files", "12.4+deb12u5", priority="required"),
+        Deb("extra-data", "1.0-1", "all"),
+        CraftedDeb(
+            "dotdot",
+            "1.0",
+            members=(Member("./etc/", "dir", mode=0o755), Member("./../../escape", data=b"x")),
+        ),
+        CraftedDeb("absolute", "1.0", members=(Member("/etc/absolute", data=b"x"),)),
+        CraftedDeb(
+            "through-link",
+            "1.0",
+            members=(
+                Member("./etc/", "dir", mode=0o755),
+                Member("./etc/sneaky", "symlink", target="/proc/self"),
+                Member("./etc/sneaky/evil", data=b"x"),
+            ),
+        ),
+    )
+    tree = ArchiveTree(
+        base / "root",
+        signing_key,
+        [Suite("debian", "bookworm", "oldstable", "Debian", DATE, packages)],
+        deb_cache=base / "debs",
+    )
+    tree.publish()
+    return tree
+
+
+@pytest.fixture
+def build_project(
+    tmp_path: Path, build_archive_template: ArchiveTree, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Project]:
+    monkeypatch.delenv("BASEKILN_CONFIG", raising=False)
+    monkeypatch.delenv("BASEKILN_CACHE", raising=False)
+    sandboxes = tmp_path / "sandboxes"
+    sandboxes.mkdir()
+    monkeypatch.setenv("BASEKILN_SANDBOX_DIR", str(sandboxes))
+    archive = build_archive_template.copy_to(tmp_path / "archive")
+    with ArchiveServer(archive.root) as served:
+        project = write_project(
+            tmp_path / "project", {"debian": [f"{served.url}/debian"]}, archive.key.keyring
+        )
+        project.write_recipe("tiny", TINY)
+        yield project
+    assert_nothing_leaked(sandboxes)
+
+
+def assert_nothing_leaked(sandboxes: Path) -> None:
+    """No daemon, mount or state directory of a sandbox outlives its build."""
+    assert mounts_under(sandboxes) == []
+    running = subprocess.run(
+        ["pgrep", "-af", "buildkitd"], capture_output=True, text=True, check=False
+    ).stdout
+    assert str(sandboxes) not in running
+    assert [p.name for p in sandboxes.iterdir() if p.name.startswith("basekiln-")] == []
+
+
+def run_basekiln(
+    project: Project, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BASEKILN), *args],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=os.environ.copy(),
+    )
+
+
+def lock_and_build(project: Project, recipe: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    locked = run_basekiln(project, "lock", recipe)
+    assert locked.returncode == 0, locked.stderr
+    return run_basekiln(project, "build", recipe, "--json", *extra)
+
+
+def test_double_build_is_reproducible_tested_and_isolated(build_project: Project) -> None:
+    built = lock_and_build(build_project, "tiny")
+    assert built.returncode == 0, built.stderr
+    result = json.loads(built.stdout)
+
+    assert result["recipe"] == "tiny"
+    assert result["reproducible"] is True
+    assert result["buildkit_version"] == "v0.34.2"
+    assert [b["digest"] for b in result["builds"]] == [result["digest"]] * 2
+    first, second = (b["perturbations"] for b in result["builds"])
+    for key in ("tz", "locale", "umask", "hostname", "build_dir", "cpus"):
+        assert first[key] != second[key] or (key == "cpus" and os.cpu_count() == 1), key
+    image = read_image(Path(result["oci_layout"]))
+    assert image.digest == result["digest"]
+    assert (
+        len(json.loads((Path(result["oci_layout"]) / "index.json").read_text())["manifests"]) == 1
+    ), "BuildKit attestations must be off"
+    labels = image.config["config"]["Labels"]
+    assert labels["org.opencontainers.image.title"] == "tiny"
+    assert labels["org.opencontainers.image.created"] == "2024-06-01T10:00:00Z"
+
+
+def test_unchanged_inputs_are_not_rebuilt_and_force_rebuilds_the_same(
+    build_project: Project,
+) -> None:
+    first = json.loads(lock_and_build(build_project, "tiny").stdout)
+    again = run_basekiln(build_project, "build", "tiny", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["digest"] == first["digest"]
+    assert json.loads(again.stdout)["seconds"] == first["seconds"], "must reuse the result"
+    forced = run_basekiln(build_project, "build", "tiny", "--json", "--force")
+    assert json.loads(forced.stdout)["digest"] == first["digest"]
+
+
+def test_child_keeps_its_parents_layers_byte_for_byte(build_project: Project) -> None:
+    build_project.write_recipe("child", CHILD)
+    assert run_basekiln(build_project, "lock").returncode == 0
+    built = run_basekiln(build_project, "build", "child", "--json")
+    assert built.returncode == 0, built.stderr
+    results = {r["recipe"]: r for r in map(json.loads, built.stdout.splitlines())}
+    parent = read_image(Path(results["tiny"]["oci_layout"]))
+    child = read_image(Path(results["child"]["oci_layout"]))
+    assert [layer.digest for layer in child.layers[: len(parent.layers)]] == [
+        layer.digest for layer in parent.layers
+    ]
+    assert child.config["config"]["Labels"]["org.opencontainers.image.base.digest"] == (
+        parent.digest
+    )
+
+
+def test_non_reproducible_recipe_exits_3_with_a_report_naming_the_file(
+    build_project: Project,
+) -> None:
+    build_project.write_recipe(
+        "drifting",
+        "name: drifting\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
+        "steps:\n"
+        '  - head -c 16 /dev/urandom | od -A n -t x1 > "$root/etc/build-time"\n',
+    )
+    built = lock_and_build(build_project, "drifting")
+    assert built.returncode == 3, built.stderr
+    assert "not reproducible" in built.stderr
+    result = json.loads((build_project.root / "out" / "drifting" / "build.json").read_text())
+    assert result["reproducible"] is False
+    report_path = Path(result["report"])
+    assert str(report_path) in built.stderr
+    report = json.loads(report_path.read_text())
+    text = report_path.with_suffix(".txt").read_text()
+    assert "etc/build-time" in json.dumps(report)
+    assert "etc/build-time" in text
+
+
+def test_stale_lockfile_is_refused(build_project: Project) -> None:
+    assert run_basekiln(build_project, "lock", "tiny").returncode == 0
+    recipe = build_project.recipes / "tiny.yaml"
+    recipe.write_text(recipe.read_text().replace("GREETING: hello}", "GREETING: hi}"))
+    built = run_basekiln(build_project, "build", "tiny")
+    assert built.returncode == 2
+    assert "stale" in built.stderr and "basekiln lock tiny" in built.stderr
+    assert not (build_project.root / "out" / "tiny" / "build.json").exists()
+
+
+def test_cache_entry_altered_after_fetch_is_refused(build_project: Project) -> None:
+    assert run_basekiln(build_project, "lock", "tiny").returncode == 0
+    assert run_basekiln(build_project, "fetch", "tiny").returncode == 0
+    lock = build_project.lock_data("tiny")
+    base_files = next(p for p in lock["packages"] if p["name"] == "base-files")
+    entry = build_project.cache / "sha256" / base_files["sha256"]
+    entry.chmod(0o644)
+    entry.write_bytes(entry.read_bytes() + b"tampered")
+    built = run_basekiln(build_project, "build", "tiny")
+    assert built.returncode == 1
+    assert "altered after fetch" in built.stderr and base_files["sha256"] in built.stderr
+
+
+class _Probe(http.server.BaseHTTPRequestHandler):
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        _Probe.hits.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"reached\n")
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def _host_address() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        return str(probe.getsockname()[0])
+
+
+def test_a_step_reaching_the_network_fails(build_project: Project) -> None:
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), _Probe)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = _host_address(), server.server_address[1]
+    url = f"http://{host}:{port}/probe"
+    try:
+        # The control: from the host, the probe answers, so a build that reached it
+        # would succeed and this test would fail.
+        assert (
+            subprocess.run(["curl", "-fsS", url], capture_output=True, check=False).returncode == 0
+        )
+        _Probe.hits.clear()
+        build_project.write_recipe(
+            "reaching",
+            "name: reaching\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
+            "steps:\n"
+            f'  - wget -q -T 5 -O "$root/etc/fetched" {url} || nc -w 5 {host} {port} > "$root/etc/nc"\n',
+        )
+        built = lock_and_build(build_project, "reaching")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert built.returncode == 1
+    assert "assemble.sh" in built.stderr and "did not complete successfully" in built.stderr
+    assert _Probe.hits == []
+
+
+def test_failing_image_test_names_the_test_and_its_output(build_project: Project) -> None:
+    build_project.write_recipe("tiny", TINY.replace('stdout: "^65532"', 'stdout: "^0$"'))
+    built = lock_and_build(build_project, "tiny")
+    assert built.returncode == 1
+    assert "busybox runs as nonroot" in built.stderr
+    assert "65532" in built.stderr
+
+
+@pytest.mark.parametrize(
+    ("package", "member"),
+    [
+        ("dotdot", "../../escape"),
+        ("absolute", "/etc/absolute"),
+        ("through-link", "./etc/sneaky/evil"),
+    ],
+)
+def test_hostile_packages_are_refused_naming_package_and_member(
+    build_project: Project, package: str, member: str
+) -> None:
+    build_project.write_recipe(
+        "hostile",
+        f"name: hostile\n{SOURCES}packages: [{{name: {package}, dependencies: false}}]\n",
+    )
+    built = lock_and_build(build_project, "hostile")
+    assert built.returncode == 1
+    assert f"package {package}" in built.stderr and member in built.stderr
+    assert not (build_project.root / "out" / "hostile" / "oci").exists()
+
+
+def test_buildkitd_failing_to_start_gives_its_log_tail(
+    build_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: a daemon that dies at once, as a broken install would.
+    fake = tmp_path / "bin" / "buildkitd"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        "case \"$1\" in --version) echo 'buildkitd x v0.34.2';; *)\n"
+        "echo 'level=fatal msg=\"overlayfs snapshotter cannot be enabled\"'\n"
+        "exit 1;; esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr("basekiln._run.tools_bin", lambda: fake.parent)
+    assert run_basekiln(build_project, "lock", "tiny").returncode == 0
+    result = build_project.cli("build", "tiny")
+    assert result.exit_code == 1
+    assert "buildkitd exited with code 1" in result.output
+    assert "overlayfs snapshotter cannot be enabled" in result.output
+
+
+def test_interrupted_build_leaves_no_daemon_or_mount(build_project: Project) -> None:
+    assert run_basekiln(build_project, "lock", "tiny").returncode == 0
+    sandboxes = Path(os.environ["BASEKILN_SANDBOX_DIR"])
+    proc = subprocess.Popen(
+        [str(BASEKILN), "build", "tiny"],
+        cwd=build_project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not mounts_under(sandboxes):
+        time.sleep(0.05)
+    assert mounts_under(sandboxes), "the build never reached a running sandbox"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"interrupted by SIGTERM" in err
+    assert_nothing_leaked(sandboxes)
+
+
+def test_remote_daemons_must_be_two_and_are_used(build_project: Project, tmp_path: Path) -> None:
+    assert run_basekiln(build_project, "lock", "tiny").returncode == 0
+    config = build_project.root / "basekiln.toml"
+    plain = config.read_text()
+    with local_sandbox(PLAIN, tmp_path / "d1") as one, local_sandbox(PLAIN, tmp_path / "d2") as two:
+        config.write_text(plain + f'\n[buildkit]\nendpoints = ["{one.endpoint.address}"]\n')
+        refused = run_basekiln(build_project, "build", "tiny")
+        assert refused.returncode == 2 and "two different daemons" in refused.stderr
+
+        config.write_text(
+            plain + "\n[buildkit]\nendpoints = "
+            f'["{one.endpoint.address}", "{two.endpoint.address}"]\n'
+        )
+        built = run_basekiln(build_project, "build", "tiny", "--json")
+    assert built.returncode == 0, built.stderr
+    result = json.loads(built.stdout)
+    assert [b["sandbox"] for b in result["builds"]] == [one.endpoint.address, two.endpoint.address]
+    assert result["reproducible"] is True
