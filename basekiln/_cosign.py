@@ -182,8 +182,17 @@ def generate_key_pair(
         raise InputError(f"{existing[0]} already exists; refusing to overwrite a key")
     argv = ["cosign", "generate-key-pair", f"--output-key-prefix={prefix}"]
     _check(run(argv, timeout=60, env=child, cwd=directory, check=False), "generating keys")
-    log.info("wrote cosign key pair %s and %s", pair.private_key, pair.public_key)
+    log.debug("wrote cosign key pair %s and %s", pair.private_key, pair.public_key)
     return pair
+
+
+def public_key(signer: str | Path, out: Path, *, env: Mapping[str, str] | None = None) -> Path:
+    """Write the public half of a key-pair signer to `out` (to verify what it signed)."""
+    child = _child_env(env)
+    _check_signer(signer, child)
+    argv = ["cosign", "public-key", f"--key={signer}", f"--outfile={out}"]
+    _check(run(argv, timeout=60, env=child, check=False), f"reading the public key of {signer}")
+    return out
 
 
 def sign(
@@ -203,7 +212,7 @@ def sign(
     with _call_env(endpoint, env) as child:
         _check_signer(signer, child)
         _check(run(argv, timeout=timeout, env=child, check=False), f"signing {image}", endpoint)
-    log.info("signed %s", image)
+    log.debug("signed %s", image)
 
 
 def attest(
@@ -229,7 +238,7 @@ def attest(
         _check_signer(signer, child)
         done = run(argv, timeout=timeout, env=child, check=False)
         _check(done, f"attesting {image} ({predicate_type})", endpoint)
-    log.info("attested %s with %s", image, predicate_type)
+    log.debug("attested %s with %s", image, predicate_type)
 
 
 def verify(
@@ -245,7 +254,7 @@ def verify(
     argv = verify_argv(image, verifier, endpoint, timeout)
     done = _read_only(argv, endpoint, env, timeout, f"verifying the signature of {image}")
     payloads = parse_verify_output(done.stdout)
-    log.info("verified the signature of %s (%d signatures)", image, len(payloads))
+    log.debug("verified the signature of %s (%d signatures)", image, len(payloads))
     return payloads
 
 
@@ -263,7 +272,7 @@ def verify_attestation(
     argv = verify_attestation_argv(image, verifier, predicate_type, endpoint, timeout)
     what = f"verifying the {predicate_type} attestation of {image}"
     attestations = parse_attestations(_read_only(argv, endpoint, env, timeout, what).stdout)
-    log.info("verified %d %s attestations of %s", len(attestations), predicate_type, image)
+    log.debug("verified %d %s attestations of %s", len(attestations), predicate_type, image)
     return attestations
 
 

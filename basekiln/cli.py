@@ -9,6 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -18,9 +19,10 @@ from rich.logging import RichHandler
 from basekiln import __version__
 from basekiln.catalogue import load_selection
 from basekiln.config import Config, load_config
-from basekiln.errors import BasekilnError, ExitCode, InterruptedRunError
+from basekiln.errors import BasekilnError, ExitCode, InputError, InterruptedRunError
 from basekiln.lock import LockOutcome, Mode, lock_all
 from basekiln.lockfile import lockfile_path, read_lockfile
+from basekiln.publish import Signing
 from basekiln.results import BuildResult
 
 P = ParamSpec("P")
@@ -248,6 +250,159 @@ def _build_json(result: BuildResult) -> dict[str, Any]:
         "source_date_epoch": result.source_date_epoch,
         "report": result.report,
     }
+
+
+def _signing(key: str | None, keyless: dict[str, str | None], work: Path) -> Signing:
+    from basekiln import _cosign
+    from basekiln.publish import signing_for_key
+
+    if key:
+        return signing_for_key(key, work)
+    if not keyless.get("identity"):
+        raise InputError(
+            "name a signing key with --key (a cosign key file or env://VARIABLE, password "
+            "in $COSIGN_PASSWORD), or sign keylessly with --identity-token, "
+            "--certificate-identity and --certificate-oidc-issuer"
+        )
+    return Signing(
+        signer=_cosign.Keyless(
+            identity_token=keyless["token"],
+            oidc_issuer=keyless["issuer"],
+            fulcio_url=keyless["fulcio"],
+            rekor_url=keyless["rekor"],
+        ),
+        verifier=_cosign.KeylessPolicy(
+            str(keyless["identity"]), str(keyless["issuer"]), keyless["rekor"]
+        ),
+    )
+
+
+def _keyless_options(func: Callable[P, R]) -> Callable[P, R]:
+    for option in (
+        click.option("--identity-token", help="Keyless: an OIDC token (or a file holding one)."),
+        click.option("--oidc-issuer", help="Keyless: the OIDC issuer URL."),
+        click.option("--fulcio-url", help="Keyless: the Fulcio URL."),
+        click.option("--rekor-url", help="Keyless: the Rekor URL."),
+        click.option("--certificate-identity", help="Keyless: the identity to verify."),
+    ):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@click.argument("recipe")
+@click.option("--registry", required=True, help="HOST/REPO to push to (by digest).")
+@click.option("--key", help="cosign private key: a file or env://VARIABLE.")
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle for a TLS registry with a private CA.",
+)
+@_keyless_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_handles_errors
+def publish(
+    ctx: click.Context,
+    recipe: str,
+    registry: str,
+    key: str | None,
+    ca: str | None,
+    identity_token: str | None,
+    oidc_issuer: str | None,
+    fulcio_url: str | None,
+    rekor_url: str | None,
+    certificate_identity: str | None,
+    as_json: bool,
+) -> None:
+    """Build RECIPE if needed, push it by digest, sign, attest, verify, then tag."""
+    from basekiln.build import BuildOptions, build_recipes
+    from basekiln.publish import publish as publish_image
+    from basekiln.publish import temporary_workdir
+
+    config = _config(ctx)
+    keyless = {
+        "token": identity_token,
+        "issuer": oidc_issuer,
+        "fulcio": fulcio_url,
+        "rekor": rekor_url,
+        "identity": certificate_identity,
+    }
+    with temporary_workdir() as work:
+        signing = _signing(key, keyless, Path(work))
+        results = build_recipes(config, [recipe], BuildOptions(show_progress=stderr.is_terminal))
+        result = next(r for r in results if r.recipe == Path(recipe).stem)
+        published = publish_image(
+            config, result, registry, signing, ca_bundle=Path(ca) if ca else None
+        )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "image": published.image,
+                    "digest": published.digest,
+                    "tags": list(published.tags),
+                    "attestations": list(published.attestations),
+                    "reused": published.reused,
+                    "evidence": published.evidence,
+                }
+            )
+        )
+    else:
+        state = "already signed, nothing pushed" if published.reused else "pushed and signed"
+        click.echo(f"{published.image} ({state})")
+        click.echo(f"  tags: {', '.join(published.tags)}")
+        click.echo(f"  attestations: {', '.join(published.attestations)}")
+
+
+@cli.command()
+@click.argument("image")
+@click.option("--key", help="cosign public key (file, env://VARIABLE or KMS URI).")
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle for a TLS registry with a private CA.",
+)
+@click.option("--rebuild", is_flag=True, help="Also rebuild from the lockfile and compare.")
+@_keyless_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_handles_errors
+def verify(
+    ctx: click.Context,
+    image: str,
+    key: str | None,
+    ca: str | None,
+    rebuild: bool,
+    identity_token: str | None,
+    oidc_issuer: str | None,
+    fulcio_url: str | None,
+    rekor_url: str | None,
+    certificate_identity: str | None,
+    as_json: bool,
+) -> None:
+    """Check IMAGE@sha256:…: signature, attestations, and provenance against this repo."""
+    from basekiln import _cosign
+    from basekiln.verify import verify_image
+
+    if key:
+        verifier: _cosign.Verifier = key
+    elif certificate_identity and oidc_issuer:
+        verifier = _cosign.KeylessPolicy(certificate_identity, oidc_issuer, rekor_url)
+    else:
+        raise InputError(
+            "name the public key with --key, or the keyless identity with "
+            "--certificate-identity and --oidc-issuer"
+        )
+    report = verify_image(
+        _config(ctx), image, verifier, rebuild=rebuild, ca_bundle=Path(ca) if ca else None
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for check in report.checks:
+            click.echo(f"{'ok    ' if check.passed else 'FAILED'} {check.name}: {check.detail}")
+    report.raise_on_failure()
 
 
 @cli.command()

@@ -523,7 +523,7 @@ class RegistryClient:
         pushed = target.by_digest(image.digest)
         self.put_manifest(pushed, data, media_type)
         self.get_manifest(pushed)  # raises unless the registry serves the same sha256
-        log.info(
+        log.debug(
             "pushed %s (%d blobs uploaded, %d already there)", pushed, len(uploaded), len(skipped)
         )
         return PushResult(pushed, tuple(uploaded), tuple(skipped))
@@ -604,7 +604,7 @@ class RegistryClient:
         manifest = self.get_manifest(ref)
         for tag in tags:
             self.put_manifest(ref.by_tag(tag), manifest.data, manifest.media_type)
-            log.info("tagged %s as %s", ref, tag)
+            log.debug("tagged %s as %s", ref, tag)
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -863,7 +863,7 @@ def copy_image(
     copied = destination.by_digest(ref.digest)
     if tags:
         target.put_tags(copied, tags)
-    log.info("copied %s to %s with %d cosign artifacts", ref, copied, len(artifacts))
+    log.debug("copied %s to %s with %d cosign artifacts", ref, copied, len(artifacts))
     return CopyResult(copied, tuple(artifacts), tuple(tags))
 
 
