@@ -193,6 +193,48 @@ def _chain(loaded: LoadedRecipe, selection: list[LoadedRecipe]) -> tuple[Recipe,
     return tuple(chain)
 
 
+def build_single(config: Config, name: str, perturbation: Perturbation = PLAIN) -> SandboxBuild:
+    """One build in one sandbox, no comparison and no tests: the benchmark's baseline."""
+    selection = load_selection([name], config.recipes_dir)
+    loaded = selection[-1]
+    recipe = loaded.recipe
+    lock, lock_path = check_fresh(config, loaded)
+    platform = platform_of(recipe.architectures[0])
+    parent = None
+    if recipe.parent:
+        previous = BuildResult.read(out_dir(config, recipe.parent) / RESULT_NAME)
+        parent = ParentImage(recipe.parent, Path(previous.oci_layout), previous.digest)
+    fetch(config, [lock], show_progress=False)
+    cache = Cache(config.cache_dir)
+    tools = build_tool_image(cache, lock.tools_for(platform), lock.source_date_epoch, platform)
+    inputs = BuildInputs(
+        recipe=recipe,
+        recipe_path=_relative(config, loaded.path),
+        lock=lock,
+        lockfile_path=_relative(config, lock_path),
+        lockfile_sha256=file_sha256(lock_path),
+        chain=_chain(loaded, selection),
+        platform=platform,
+        parent=parent,
+    )
+    named = [NamedImage("tools", tools.layout, tools.digest)]
+    if parent is not None:
+        named.append(NamedImage("parent", parent.layout, parent.digest))
+    with tempfile.TemporaryDirectory(prefix="basekiln-single-", dir=sandbox_root()) as tmp:
+        context = prepare_context(cache, inputs, Path(tmp) / "context", SOURCE_URL, None)
+        return _build_in_sandbox(
+            config,
+            perturbation,
+            context,
+            Path(tmp) / "oci",
+            inputs,
+            named,
+            {},
+            config.file.buildkit.timeout_seconds,
+            lambda _text: None,
+        )
+
+
 def build_one(
     config: Config,
     loaded: LoadedRecipe,

@@ -1,0 +1,92 @@
+"""Build benchmark: one build, the double build, and mmdebstrap on the same packages.
+
+For each recipe in recipes/ (parents first): the wall time of a single build in one
+fresh sandbox, of the whole double build with comparison and tests (forced, so nothing
+is reused), and of `mmdebstrap --variant=extract` unpacking the same packages (its .debs
+copied in from basekiln's cache, so neither side downloads packages; mmdebstrap still
+fetches the suite's indexes). Also the image's size and layer count.
+
+    .venv/bin/python bench/build.py [RECIPE...]
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from basekiln.build import BuildOptions, build_recipes, build_single
+from basekiln.cache import Cache
+from basekiln.catalogue import load_selection
+from basekiln.config import load_config
+from basekiln.lockfile import lockfile_path, read_lockfile
+from basekiln.oci import read_image
+
+
+def mmdebstrap_seconds(cache: Cache, packages: list[tuple[str, str, str, str]]) -> float | None:
+    if shutil.which("mmdebstrap") is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="bench-mmdebstrap-") as tmp:
+        debs = Path(tmp) / "debs"
+        debs.mkdir()
+        for name, version, arch, sha in packages:
+            file = f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
+            shutil.copyfile(cache.path(sha), debs / file)
+        include = ",".join(name for name, *_ in packages)
+        argv = [
+            "mmdebstrap",
+            "--quiet",
+            "--variant=extract",
+            f"--include={include}",
+            "--skip=check/empty",
+            "--skip=download/empty",
+            f'--setup-hook=mkdir -p "$1"/var/cache/apt/archives && '
+            f'cp {debs}/*.deb "$1"/var/cache/apt/archives/',
+            "bookworm",
+            str(Path(tmp) / "root.tar"),
+            "deb http://deb.debian.org/debian bookworm main",
+            "deb http://deb.debian.org/debian bookworm-updates main",
+            "deb http://deb.debian.org/debian-security bookworm-security main",
+        ]
+        start = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        seconds = time.monotonic() - start
+        if done.returncode != 0:
+            print(f"  mmdebstrap failed: {done.stderr.strip()[-400:]}", file=sys.stderr)
+            return None
+        return seconds
+
+
+def main(names: list[str]) -> int:
+    config = load_config()
+    cache = Cache(config.cache_dir)
+    selection = load_selection(names, config.recipes_dir)
+    print(
+        f"{'recipe':16} {'single':>8} {'double':>8} {'mmdebstrap':>10} {'ratio':>6} "
+        f"{'layers':>6} {'compressed':>12}"
+    )
+    for loaded in selection:
+        name = loaded.recipe.name
+        double = build_recipes(config, [name], BuildOptions(force=True, show_progress=False))
+        result = next(r for r in double if r.recipe == name)
+        single = build_single(config, name)
+        lock = read_lockfile(lockfile_path(config.lockfiles_dir, name))
+        packages = [(p.name, p.version, p.architecture, p.sha256) for p in lock.packages]
+        reference = mmdebstrap_seconds(cache, packages)
+        image = read_image(Path(result.oci_layout), result.platform)
+        size = sum(layer.size for layer in image.layers)
+        ratio = f"{result.seconds / reference:.2f}" if reference else "-"
+        ref_text = f"{reference:.1f}s" if reference else "n/a"
+        print(
+            f"{name:16} {single.seconds:7.1f}s {result.seconds:7.1f}s {ref_text:>10} "
+            f"{ratio:>6} {len(image.layers):>6} {size:>12,}"
+        )
+    print("ratio = double build / mmdebstrap; the goal is <= 1.00")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
