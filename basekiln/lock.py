@@ -212,9 +212,8 @@ def resolve_lockfile(
     """Resolve a recipe against the archive as it is now."""
     recipe = loaded.recipe
     sources = recipe.effective_sources()
-    parent_lock = (
-        read_lockfile(lockfile_path(config.lockfiles_dir, parent.recipe)) if parent else None
-    )
+    ancestors = _ancestor_locks(config, parent)
+    parent_lock = ancestors[0] if ancestors else None
     packages: list[LockedPackage] = []
     tools: list[LockedPackage] = []
     releases: dict[tuple[str, str], ReleaseRecord] = {}
@@ -222,7 +221,7 @@ def resolve_lockfile(
         universe = archive.universe(sources, architecture)
         for record in archive.releases(sources, architecture):
             releases[(record.archive, record.suite)] = record
-        installed = _installed_from(parent_lock, universe, platform_of(architecture))
+        installed = _installed_from(ancestors, universe, platform_of(architecture))
         requests = [Request(p.name, p.dependencies) for p in recipe.packages]
         selected = resolve(universe, requests, installed, origin=str(loaded.path))
         platform = platform_of(architecture)
@@ -268,32 +267,56 @@ def _locked(selected: Selected, platform: str) -> LockedPackage:
     )
 
 
+def _ancestor_locks(config: Config, parent: ParentRef | None) -> list[Lockfile]:
+    """The parent's lockfile, then the grandparent's, up to the root of the chain."""
+    chain: list[Lockfile] = []
+    seen: set[str] = set()
+    name = parent.recipe if parent else None
+    while name is not None:
+        if name in seen:
+            raise LockfileError(f"the parent chain of lockfiles loops back to {name!r}")
+        seen.add(name)
+        lock = read_lockfile(lockfile_path(config.lockfiles_dir, name))
+        chain.append(lock)
+        name = lock.parent.recipe if lock.parent else None
+    return chain
+
+
 def _installed_from(
-    parent: Lockfile | None, universe: Universe, platform: str
+    ancestors: list[Lockfile], universe: Universe, platform: str
 ) -> dict[str, BinaryPackage]:
-    """A parent's packages as the resolver sees them (with their Provides)."""
-    if parent is None:
-        return {}
-    installed = {}
-    for pkg in parent.packages_for(platform):
-        found = universe.find(pkg.name, pkg.version)
-        installed[pkg.name] = found or BinaryPackage(
-            name=pkg.name,
-            version=pkg.version,
-            architecture=pkg.architecture,
-            filename=pkg.filename,
-            sha256=pkg.sha256,
-            size=pkg.size,
-            source=pkg.source,
-            source_version=pkg.source_version,
-            depends="",
-            pre_depends="",
-            provides="",
-            priority="optional",
-            archive=pkg.archive,
-            suite=pkg.suite,
-        )
+    """Every ancestor's packages as the resolver sees them (with their Provides).
+
+    The whole chain counts, not only the parent: a grandchild's dependency on a
+    package its grandparent installed is already satisfied in the image.
+    """
+    installed: dict[str, BinaryPackage] = {}
+    for lock in ancestors:
+        for pkg in lock.packages_for(platform):
+            if pkg.name in installed:
+                continue  # the nearest ancestor's pin wins, as its layer comes last
+            installed[pkg.name] = universe.find(pkg.name, pkg.version) or _offline(pkg)
     return installed
+
+
+def _offline(pkg: LockedPackage) -> BinaryPackage:
+    """A locked package the archive no longer offers, with what the lockfile knows."""
+    return BinaryPackage(
+        name=pkg.name,
+        version=pkg.version,
+        architecture=pkg.architecture,
+        filename=pkg.filename,
+        sha256=pkg.sha256,
+        size=pkg.size,
+        source=pkg.source,
+        source_version=pkg.source_version,
+        depends="",
+        pre_depends="",
+        provides="",
+        priority="optional",
+        archive=pkg.archive,
+        suite=pkg.suite,
+    )
 
 
 def _relative(config: Config, path: Path) -> str:
