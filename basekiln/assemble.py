@@ -17,6 +17,7 @@ from pathlib import Path
 from basekiln._run import CommandError, run
 from basekiln.cache import Cache, sha256_file
 from basekiln.deb import UnpackGuard, control_files, iter_data, open_deb
+from basekiln.dpkg_database import database_files, registered
 from basekiln.errors import BuildError
 from basekiln.lockfile import LockedPackage, Lockfile
 from basekiln.recipe import Group, Recipe, User
@@ -97,7 +98,25 @@ def group_text(groups: list[Group]) -> bytes:
     return "".join(f"{g.name}:x:{g.gid}:{','.join(g.members)}\n" for g in groups).encode()
 
 
+def merged_usr(inputs: BuildInputs) -> bool:
+    """Whether the image has a merged /usr: once an ancestor has, every child keeps it."""
+    return any(recipe.merged_usr for recipe in inputs.chain)
+
+
+def dpkg_database(inputs: BuildInputs) -> bool:
+    """Whether package metadata goes to a real dpkg database (the nearest choice wins)."""
+    for recipe in reversed(inputs.chain):
+        if recipe.dpkg is not None:
+            return recipe.dpkg == "database"
+    return False
+
+
 def generated_files(inputs: BuildInputs, statuses: dict[str, bytes]) -> list[GeneratedFile]:
+    if dpkg_database(inputs):
+        # Packages dpkg knows need no status.d entry; only partial ones keep theirs.
+        packages = inputs.lock.packages_for(inputs.platform)
+        known = {p.name for p in registered(inputs.recipe, packages)}
+        statuses = {name: text for name, text in statuses.items() if name not in known}
     files = [
         GeneratedFile(f"{STATUS_DIR}/{name}", control) for name, control in sorted(statuses.items())
     ]
@@ -190,12 +209,19 @@ def git_revision(root: Path, paths: list[str]) -> str | None:
     return out or None
 
 
-def prepare_context(
-    cache: Cache, inputs: BuildInputs, dest: Path, source: str, revision: str | None
-) -> Path:
-    """Write the build context into `dest` (replaced if present) and return it."""
+@dataclass(frozen=True)
+class RenderedBuild:
+    """The Dockerfile, the assembly script and the generated files of one build."""
+
+    dockerfile: str
+    script: str
+    generated: list[GeneratedFile]
+
+
+def render_build(
+    inputs: BuildInputs, statuses: dict[str, bytes], source: str, revision: str | None
+) -> RenderedBuild:
     packages = inputs.lock.packages_for(inputs.platform)
-    statuses = check_and_describe(cache, packages)
     generated = generated_files(inputs, statuses)
     script = render_assemble_script(
         inputs.recipe,
@@ -204,6 +230,8 @@ def prepare_context(
         generated,
         directories(inputs),
         ca_bundle=any(p.name == "ca-certificates" for p in packages),
+        merged_usr=merged_usr(inputs),
+        dpkg_database=dpkg_database(inputs),
     )
     dockerfile = render_dockerfile(
         inputs.recipe,
@@ -212,21 +240,43 @@ def prepare_context(
         inputs.parent is not None,
         labels(inputs, source, revision),
     )
+    return RenderedBuild(dockerfile, script, generated)
+
+
+def prepare_context(
+    cache: Cache, inputs: BuildInputs, dest: Path, source: str, revision: str | None
+) -> Path:
+    """Write the build context into `dest` (replaced if present) and return it."""
+    packages = inputs.lock.packages_for(inputs.platform)
+    rendered = render_build(inputs, check_and_describe(cache, packages), source, revision)
 
     staging = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "debs").mkdir(parents=True)
     for pkg in packages:
         _link_or_copy(cache.path(pkg.sha256), staging / "debs" / f"{pkg.sha256}.deb")
-    for file in generated:
+    for file in rendered.generated:
         target = staging / "generated" / "rootfs" / file.path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(file.content)
-    (staging / "generated" / "assemble.sh").write_text(script)
-    (staging / "Dockerfile").write_text(dockerfile)
+    if dpkg_database(inputs):
+        own, extend = database_files(inputs.recipe, packages, cache)
+        _write_tree(staging / "generated" / "dpkg", own)
+        _write_tree(staging / "generated" / "dpkg-extend", extend)
+    (staging / "generated" / "assemble.sh").write_text(rendered.script)
+    (staging / "Dockerfile").write_text(rendered.dockerfile)
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
     return dest
+
+
+def _write_tree(root: Path, files: list[GeneratedFile]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        target = root / file.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(file.content)
+        target.chmod(file.mode)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -25,7 +25,14 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from basekiln import __version__, _buildctl
 from basekiln._buildctl import NamedImage
-from basekiln.assemble import BuildInputs, ParentImage, git_revision, labels, prepare_context
+from basekiln.assemble import (
+    BuildInputs,
+    ParentImage,
+    git_revision,
+    labels,
+    prepare_context,
+    render_build,
+)
 from basekiln.cache import Cache
 from basekiln.catalogue import load_selection
 from basekiln.compare import compare_layouts_report
@@ -49,6 +56,7 @@ from basekiln.sandbox import (
     sandbox_root,
     stop_all,
 )
+from basekiln.surface import check_build_budgets
 from basekiln.toolimage import ToolImage, build_tool_image
 
 log = logging.getLogger(__name__)
@@ -87,47 +95,61 @@ def build_recipes(config: Config, names: list[str], options: BuildOptions) -> li
 
 def render_recipe(config: Config, name: str) -> tuple[str, str]:
     """The Dockerfile and assembly script `build` would use for one recipe."""
-    from basekiln.assemble import directories, generated_files
-    from basekiln.render import render_assemble_script, render_dockerfile, unpack_steps
-
     selection = load_selection([name], config.recipes_dir)
-    loaded = selection[-1]
+    inputs = _build_inputs(config, selection[-1], selection, _built_parent(config, selection[-1]))
+    statuses = {p.name: b"" for p in inputs.lock.packages_for(inputs.platform)}
+    revision = git_revision(config.root, [inputs.recipe_path, inputs.lockfile_path])
+    rendered = render_build(inputs, statuses, SOURCE_URL, revision)
+    return rendered.dockerfile, rendered.script
+
+
+def _built_parent(config: Config, loaded: LoadedRecipe) -> ParentImage | None:
+    """The parent's last accepted build, for commands that do not build it first."""
+    parent = loaded.recipe.parent
+    if parent is None:
+        return None
+    path = out_dir(config, parent) / RESULT_NAME
+    if not path.is_file():
+        raise BuildError(
+            f"{loaded.recipe.name}: its parent {parent} is not built yet; run "
+            f"`basekiln build {parent}`"
+        )
+    previous = BuildResult.read(path)
+    return ParentImage(parent, Path(previous.oci_layout), previous.digest)
+
+
+def _build_inputs(
+    config: Config, loaded: LoadedRecipe, selection: list[LoadedRecipe], parent: ParentImage | None
+) -> BuildInputs:
     lock, lock_path = check_fresh(config, loaded)
-    platform = platform_of(loaded.recipe.architectures[0])
-    parent = None
-    if loaded.recipe.parent:
-        previous = out_dir(config, loaded.recipe.parent) / RESULT_NAME
-        parent_digest = BuildResult.read(previous).digest if previous.is_file() else "sha256:?"
-        parent = ParentImage(loaded.recipe.parent, previous.parent / "oci", parent_digest)
-    inputs = BuildInputs(
+    return BuildInputs(
         recipe=loaded.recipe,
         recipe_path=_relative(config, loaded.path),
         lock=lock,
         lockfile_path=_relative(config, lock_path),
         lockfile_sha256=file_sha256(lock_path),
         chain=_chain(loaded, selection),
-        platform=platform,
+        platform=platform_of(loaded.recipe.architectures[0]),
         parent=parent,
     )
-    packages = lock.packages_for(platform)
-    statuses = {p.name: b"" for p in packages}
-    script = render_assemble_script(
-        loaded.recipe,
-        inputs.recipe_path,
-        unpack_steps(loaded.recipe, packages),
-        generated_files(inputs, statuses),
-        directories(inputs),
-        ca_bundle=any(p.name == "ca-certificates" for p in packages),
+
+
+def _tool_image(config: Config, inputs: BuildInputs, show_progress: bool) -> ToolImage:
+    """Fetch what the build needs (the last network step) and the tool stage's image."""
+    fetch(config, [inputs.lock], show_progress=show_progress)
+    return build_tool_image(
+        Cache(config.cache_dir),
+        inputs.lock.tools_for(inputs.platform),
+        inputs.lock.source_date_epoch,
+        inputs.platform,
     )
-    revision = git_revision(config.root, [inputs.recipe_path, inputs.lockfile_path])
-    dockerfile = render_dockerfile(
-        loaded.recipe,
-        inputs.recipe_path,
-        inputs.lockfile_path,
-        parent is not None,
-        labels(inputs, SOURCE_URL, revision),
-    )
-    return dockerfile, script
+
+
+def _named_images(tools: ToolImage, parent: ParentImage | None) -> list[NamedImage]:
+    named = [NamedImage("tools", tools.layout, tools.digest)]
+    if parent is not None:
+        named.append(NamedImage("parent", parent.layout, parent.digest))
+    return named
 
 
 def check_fresh(config: Config, loaded: LoadedRecipe) -> tuple[Lockfile, Path]:
@@ -196,39 +218,19 @@ def _chain(loaded: LoadedRecipe, selection: list[LoadedRecipe]) -> tuple[Recipe,
 def build_single(config: Config, name: str, perturbation: Perturbation = PLAIN) -> SandboxBuild:
     """One build in one sandbox, no comparison and no tests: the benchmark's baseline."""
     selection = load_selection([name], config.recipes_dir)
-    loaded = selection[-1]
-    recipe = loaded.recipe
-    lock, lock_path = check_fresh(config, loaded)
-    platform = platform_of(recipe.architectures[0])
-    parent = None
-    if recipe.parent:
-        previous = BuildResult.read(out_dir(config, recipe.parent) / RESULT_NAME)
-        parent = ParentImage(recipe.parent, Path(previous.oci_layout), previous.digest)
-    fetch(config, [lock], show_progress=False)
-    cache = Cache(config.cache_dir)
-    tools = build_tool_image(cache, lock.tools_for(platform), lock.source_date_epoch, platform)
-    inputs = BuildInputs(
-        recipe=recipe,
-        recipe_path=_relative(config, loaded.path),
-        lock=lock,
-        lockfile_path=_relative(config, lock_path),
-        lockfile_sha256=file_sha256(lock_path),
-        chain=_chain(loaded, selection),
-        platform=platform,
-        parent=parent,
-    )
-    named = [NamedImage("tools", tools.layout, tools.digest)]
-    if parent is not None:
-        named.append(NamedImage("parent", parent.layout, parent.digest))
+    inputs = _build_inputs(config, selection[-1], selection, _built_parent(config, selection[-1]))
+    tools = _tool_image(config, inputs, show_progress=False)
     with tempfile.TemporaryDirectory(prefix="basekiln-single-", dir=sandbox_root()) as tmp:
-        context = prepare_context(cache, inputs, Path(tmp) / "context", SOURCE_URL, None)
+        context = prepare_context(
+            Cache(config.cache_dir), inputs, Path(tmp) / "context", SOURCE_URL, None
+        )
         return _build_in_sandbox(
             config,
             perturbation,
             context,
             Path(tmp) / "oci",
             inputs,
-            named,
+            _named_images(tools, inputs.parent),
             {},
             config.file.buildkit.timeout_seconds,
             lambda _text: None,
@@ -243,34 +245,20 @@ def build_one(
     options: BuildOptions,
 ) -> BuildResult:
     recipe = loaded.recipe
-    lock, lock_path = check_fresh(config, loaded)
-    platform = platform_of(recipe.architectures[0])
-    version = buildkit_version()
     parent = None
     if recipe.parent:
         if parent_result is None:
             raise BuildError(f"{recipe.name}: its parent {recipe.parent} has no build result")
         parent = ParentImage(recipe.parent, Path(parent_result.oci_layout), parent_result.digest)
+    inputs = _build_inputs(config, loaded, selection, parent)
+    version = buildkit_version()
     digest = inputs_digest(
-        loaded.sha256, file_sha256(lock_path), parent.digest if parent else None, version
+        loaded.sha256, inputs.lockfile_sha256, parent.digest if parent else None, version
     )
     if not options.force and (reused := previous_result(config, recipe.name, digest)):
         log.info("%s: inputs unchanged, reusing %s", recipe.name, reused.digest)
         return reused
-
-    fetch(config, [lock], show_progress=options.show_progress)
-    cache = Cache(config.cache_dir)
-    tools = build_tool_image(cache, lock.tools_for(platform), lock.source_date_epoch, platform)
-    inputs = BuildInputs(
-        recipe=recipe,
-        recipe_path=_relative(config, loaded.path),
-        lock=lock,
-        lockfile_path=_relative(config, lock_path),
-        lockfile_sha256=file_sha256(lock_path),
-        chain=_chain(loaded, selection),
-        platform=platform,
-        parent=parent,
-    )
+    tools = _tool_image(config, inputs, options.show_progress)
     return _double_build(config, loaded, inputs, tools, version, digest, options)
 
 
@@ -300,9 +288,7 @@ def _double_build(
     annotations = {
         k: v for k, v in image_labels.items() if k.startswith("org.opencontainers.image.")
     }
-    named = [NamedImage("tools", tools.layout, tools.digest)]
-    if inputs.parent is not None:
-        named.append(NamedImage("parent", inputs.parent.layout, inputs.parent.digest))
+    named = _named_images(tools, inputs.parent)
     cache = Cache(config.cache_dir)
     started = datetime.now(UTC)
     clock = time.monotonic()
@@ -385,6 +371,7 @@ def _double_build(
     _check_parent_layers(inputs, final_layout)
     if options.run_tests:
         _run_tests(config, inputs, final_layout, named[0])
+    check_build_budgets(inputs, final_layout)
     _write_result(out, result)
     shutil.rmtree(work, ignore_errors=True)
     return result

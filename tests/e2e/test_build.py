@@ -51,6 +51,7 @@ env: {GREETING: hello}
 user: "65532"
 workdir: /home/nonroot
 entrypoint: [/bin/busybox]
+budgets: {allow_shell: true}  # busybox is the shell the command tests drive
 tests:
   commands:
     - {name: busybox runs as nonroot, command: [/bin/busybox, id, -u], stdout: "^65532"}
