@@ -17,6 +17,7 @@ class ToolCheck:
     version_argv: tuple[str, ...]
     remedy: str
     required: bool = True
+    pinned: str = ""  # shown when the binary does not report a version of its own
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ TOOLS = (
         "signs images and attestations",
         ("cosign", "version"),
         "`make setup` extracts it from Debian trixie's cosign package",
+        pinned="2.5.0 (Debian 2.5.0-2+b5)",
     ),
     ToolCheck(
         "syft",
@@ -134,5 +136,27 @@ def keyring_status(path: str = DEFAULT_KEYRING) -> ToolStatus:
     )
 
 
-def diagnose() -> list[ToolStatus]:
-    return [keyring_status(), *(check_tool(t) for t in TOOLS)]
+def sandbox_status() -> ToolStatus:
+    """Whether a fresh buildkitd sandbox starts and answers here (about a second)."""
+    from basekiln._buildctl import server_version
+    from basekiln.errors import BasekilnError
+    from basekiln.sandbox import PLAIN, local_sandbox
+
+    purpose = "a fresh BuildKit sandbox (runc worker, overlayfs) starts on this machine"
+    remedy = (
+        "run as root with overlayfs and cgroups available; `basekiln -v build` shows "
+        "buildkitd's log"
+    )
+    try:
+        with local_sandbox(PLAIN) as sandbox:
+            version = server_version(sandbox.endpoint)
+    except BasekilnError as exc:
+        return ToolStatus("sandbox", purpose, False, "", f"{remedy}\n         {exc.message}", True)
+    return ToolStatus("sandbox", purpose, True, version, remedy, True)
+
+
+def diagnose(with_sandbox: bool = True) -> list[ToolStatus]:
+    statuses = [keyring_status(), *(check_tool(t) for t in TOOLS)]
+    if with_sandbox and all(s.found for s in statuses if s.name in ("buildkitd", "runc")):
+        statuses.append(sandbox_status())
+    return statuses

