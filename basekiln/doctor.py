@@ -108,9 +108,10 @@ def check_tool(tool: ToolCheck) -> ToolStatus:
     except CommandError:
         return ToolStatus(tool.name, tool.purpose, False, "", tool.remedy, tool.required)
     text = result.stdout.decode("utf-8", errors="replace") + result.stderr
-    return ToolStatus(
-        tool.name, tool.purpose, True, parse_version(tool.name, text), tool.remedy, tool.required
-    )
+    version = parse_version(tool.name, text)
+    if version == "unknown" and tool.pinned:
+        version = tool.pinned
+    return ToolStatus(tool.name, tool.purpose, True, version, tool.remedy, tool.required)
 
 
 def parse_version(name: str, text: str) -> str:
