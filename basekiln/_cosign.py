@@ -28,6 +28,10 @@ CA. Loopback plain-HTTP registries get `--allow-http-registry` and
 `--allow-insecure-registry`; a TLS registry never does, so its certificate is always
 checked.
 
+`sign_blob` signs bytes offline (no registry, no transparency log for keys); basekiln
+uses it to sign DSSE envelopes whose in-toto Statement it wrote itself, because `cosign
+attest` 2.5 always wraps a predicate in a Statement v0.1 (sigstore/cosign#4019).
+
 Keyless signing passes cosign's OIDC flags through (`Keyless`); it needs a network and
 is not exercised by the tests.
 """
@@ -162,6 +166,19 @@ class Attestation:
         return self.statement.get("predicate")
 
 
+@dataclass(frozen=True)
+class BlobSignature:
+    """What `cosign sign-blob` made: a base64 signature (and, keyless, its proof).
+
+    For keyless signing, `certificate` is the Fulcio certificate (PEM) and `rekor_bundle`
+    the Rekor bundle (JSON), as cosign's OCI annotations carry them.
+    """
+
+    signature: str
+    certificate: str | None = None
+    rekor_bundle: str | None = None
+
+
 Signer = str | Path | Keyless
 Verifier = str | Path | KeylessPolicy
 
@@ -239,6 +256,34 @@ def attest(
         done = run(argv, timeout=timeout, env=child, check=False)
         _check(done, f"attesting {image} ({predicate_type})", endpoint)
     log.debug("attested %s with %s", image, predicate_type)
+
+
+def sign_blob(
+    data: bytes,
+    signer: Signer,
+    *,
+    what: str = "a blob",
+    env: Mapping[str, str] | None = None,
+    timeout: float = TIMEOUT,
+) -> BlobSignature:
+    """Sign `data` (SHA-256, the key's algorithm); nothing is uploaded for a key.
+
+    Never retried, like `sign`: a keyless signature that timed out may be in Rekor.
+    """
+    child = _child_env(env)
+    _check_signer(signer, child)
+    with tempfile.TemporaryDirectory(prefix="basekiln-sign-blob-") as scratch:
+        folder = Path(scratch)
+        blob = folder / "blob"
+        blob.write_bytes(data)
+        argv = sign_blob_argv(blob, signer, folder, timeout)
+        _check(run(argv, timeout=timeout, env=child, cwd=folder, check=False), f"signing {what}")
+        return read_blob_signature(folder, keyless=isinstance(signer, Keyless))
+
+
+def check_signer(signer: Signer, env: Mapping[str, str] | None = None) -> None:
+    """Fail early, before anything is pushed, when the key or its password is plainly missing."""
+    _check_signer(signer, _child_env(env))
 
 
 def verify(
@@ -324,6 +369,17 @@ def attest_argv(
         "--new-bundle-format=false", "--record-creation-timestamp=false",
         *_common_flags(endpoint, timeout), _target(image),
     ]  # fmt: skip
+
+
+def sign_blob_argv(blob: Path, signer: Signer, out: Path, timeout: float) -> list[str]:
+    """sign-blob writes into `out`: `signature`, and for keyless `certificate`, `bundle`."""
+    argv = [
+        "cosign", "sign-blob", *_signer_flags(signer), "--yes", "--b64=true",
+        "--new-bundle-format=false", f"--output-signature={out / 'signature'}",
+    ]  # fmt: skip
+    if isinstance(signer, Keyless):
+        argv += [f"--output-certificate={out / 'certificate'}", f"--bundle={out / 'bundle'}"]
+    return [*argv, f"--timeout={max(1, int(timeout) - 5)}s", str(blob)]
 
 
 def verify_argv(
@@ -413,6 +469,20 @@ def parse_verify_output(stdout: bytes) -> list[dict[str, Any]]:
         parsed = json.loads(line)
         payloads += parsed if isinstance(parsed, list) else [parsed]
     return payloads
+
+
+def read_blob_signature(folder: Path, *, keyless: bool) -> BlobSignature:
+    """The files `sign_blob_argv` asked sign-blob to write, read back."""
+    signature = (folder / "signature").read_text().strip()
+    if not signature:
+        raise CosignError("cosign sign-blob wrote an empty signature")
+    if not keyless:
+        return BlobSignature(signature)
+    certificate = (folder / "certificate").read_text().strip()
+    if not certificate.startswith("-----BEGIN"):  # sign-blob base64-encodes it with --b64
+        certificate = base64.b64decode(certificate).decode("ascii")
+    bundle = json.loads((folder / "bundle").read_text()).get("rekorBundle")
+    return BlobSignature(signature, certificate, json.dumps(bundle) if bundle else None)
 
 
 def parse_attestations(stdout: bytes) -> list[Attestation]:

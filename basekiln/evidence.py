@@ -4,16 +4,23 @@ Written under `out/<recipe>/evidence/`. The SBOM cross-check runs here, before
 anything is published: a package the lockfile does not pin, or one missing or at
 another version, fails the run (this is how a dependency swapped during the build is
 caught).
+
+Three in-toto Statements v1 are written beside the SBOM documents, in canonical form,
+and are what `basekiln.attest` signs byte for byte: `sbom.statement.json` (the SPDX
+document as the predicate of `https://spdx.dev/Document`), `provenance.statement.json`
+and `reproducibility.statement.json`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from basekiln.attest import in_toto_statement
 from basekiln.config import Config
 from basekiln.lockfile import lockfile_path, read_lockfile, write_atomic
 from basekiln.provenance import (
@@ -40,11 +47,10 @@ SPDX_PREDICATE = "https://spdx.dev/Document"
 
 @dataclass(frozen=True)
 class Attachment:
-    """One attestation to attach: the predicate file and the type cosign is given."""
+    """One Statement to sign and attach, and its predicate type."""
 
-    predicate: Path
-    cosign_type: str  # what `cosign attest --type` takes
-    predicate_type: str  # the predicateType it produces
+    statement: Path
+    predicate_type: str
 
 
 @dataclass(frozen=True)
@@ -52,30 +58,25 @@ class Evidence:
     folder: Path
     sbom: Sbom
     cross_check: CrossCheck
+    sbom_statement: Path
     provenance: Path
     reproducibility: Path
+    seconds: dict[str, float] = field(default_factory=dict)  # "sbom", "provenance"
 
     @property
     def attachments(self) -> tuple[Attachment, ...]:
         return (
-            Attachment(self.sbom.spdx_json, "spdxjson", SPDX_PREDICATE),
-            Attachment(_predicate_file(self.provenance), "slsaprovenance1", SLSA_PROVENANCE),
-            Attachment(
-                _predicate_file(self.reproducibility),
-                REPRODUCIBLE_PREDICATE,
-                REPRODUCIBLE_PREDICATE,
-            ),
+            Attachment(self.sbom_statement, SPDX_PREDICATE),
+            Attachment(self.provenance, SLSA_PROVENANCE),
+            Attachment(self.reproducibility, REPRODUCIBLE_PREDICATE),
         )
 
 
-def _predicate_file(statement: Path) -> Path:
-    return statement.with_name(statement.name.replace(".statement.", ".predicate."))
-
-
 def produce_evidence(config: Config, result: BuildResult, image_name: str) -> Evidence:
-    """SBOM (SPDX and CycloneDX), its cross-check, and the two in-toto statements."""
+    """SBOM (SPDX and CycloneDX), its cross-check, and the three in-toto Statements."""
     folder = config.root / "out" / result.recipe / "evidence"
     folder.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
     lock = read_lockfile(lockfile_path(config.lockfiles_dir, result.recipe))
     chain = load_lock_chain(config.lockfiles_dir, lock)
 
@@ -84,17 +85,21 @@ def produce_evidence(config: Config, result: BuildResult, image_name: str) -> Ev
         sbom.packages, locked_union(chain, result.platform), where=f"the {result.recipe} image"
     )
     log.info("%s: SBOM lists exactly the %d locked packages", result.recipe, len(check.matched))
+    scanned = time.monotonic()
 
+    spdx = json.loads(sbom.spdx_json.read_bytes())
+    sbom_statement = _write_statement(
+        folder, "sbom", in_toto_statement(image_name, result.digest, SPDX_PREDICATE, spdx)
+    )
     provenance = _write_statement(folder, "provenance", build_provenance(result, chain, image_name))
     reproducibility = _write_statement(
         folder, "reproducibility", build_reproducibility_statement(result, image_name)
     )
-    return Evidence(folder, sbom, check, provenance, reproducibility)
+    seconds = {"sbom": scanned - start, "provenance": time.monotonic() - scanned}
+    return Evidence(folder, sbom, check, sbom_statement, provenance, reproducibility, seconds)
 
 
 def _write_statement(folder: Path, name: str, statement: dict[str, Any]) -> Path:
     path = folder / f"{name}.statement.json"
     write_atomic(path, statement_bytes(statement))
-    predicate = (json.dumps(statement["predicate"], sort_keys=True, indent=2) + "\n").encode()
-    write_atomic(_predicate_file(path), predicate)
     return path

@@ -1,7 +1,8 @@
 """Verify a published image from the outside: signature, attestations, provenance.
 
 Every check runs, and the report names each that failed; `raise_on_failure` turns
-any failure into exit code 4.
+any failure into exit code 4. An attestation passes when cosign verifies its envelope
+with the key and the Statement inside is an in-toto Statement v1 about the digest.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from basekiln import _cosign
+from basekiln.attest import check_statement
 from basekiln.config import Config
 from basekiln.errors import BasekilnError, InputError, VerificationError
 from basekiln.lockfile import file_sha256, lockfile_path
@@ -67,6 +69,7 @@ def verify_image(
     ca_bundle: Path | None = None,
 ) -> VerifyReport:
     target = by_digest(image)
+    digest = str(target.digest)
     endpoint = registry_endpoint(target, ca_bundle)
     checks = [_attempt("signature", lambda: _signature(target, verifier, endpoint))]
     provenance: list[dict[str, Any]] = []
@@ -74,6 +77,8 @@ def verify_image(
 
         def attestation(kind: str = cosign_type, wanted: str = predicate_type) -> str:
             found = _cosign.verify_attestation(target, verifier, kind, endpoint)
+            for statement in (a.statement for a in found):
+                check_statement(statement, digest, wanted)
             if wanted == SLSA_PROVENANCE:
                 provenance.extend(a.statement for a in found)
             return f"{len(found)} verified"

@@ -299,7 +299,8 @@ def test_a_step_reaching_the_network_fails(build_project: Project) -> None:
             "reaching",
             "name: reaching\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
             "steps:\n"
-            f'  - wget -q -T 5 -O "$root/etc/fetched" {url} || nc -w 5 {host} {port} > "$root/etc/nc"\n',
+            f'  - wget -q -T 5 -O "$root/etc/fetched" {url}'
+            f' || nc -w 5 {host} {port} > "$root/etc/nc"\n',
         )
         built = lock_and_build(build_project, "reaching")
     finally:
