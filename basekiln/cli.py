@@ -345,6 +345,7 @@ def publish(
                     "attestations": list(published.attestations),
                     "reused": published.reused,
                     "evidence": published.evidence,
+                    "seconds": dict(published.seconds),
                 }
             )
         )
