@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from basekiln import __version__
 from basekiln.catalogue import load_selection
@@ -53,7 +54,10 @@ def _handles_errors(func: Callable[P, R]) -> Callable[P, R]:
             if logging.getLogger().level <= logging.DEBUG:
                 traceback.print_exc(file=sys.stderr)
             stderr.print(
-                f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True
+                f"[bold red]error:[/] {escape(exc.message)}",
+                highlight=False,
+                markup=True,
+                soft_wrap=True,
             )
             sys.exit(int(exc.exit_code))
 
@@ -140,7 +144,7 @@ def _print_lock_outcomes(outcomes: list[LockOutcome], show_diff: bool, as_json: 
         )
         return
     for o in outcomes:
-        state = "stale" if o.stale else ("written" if o.written else "up to date")
+        state = "written" if o.written else ("stale" if o.stale else "up to date")
         click.echo(f"{o.recipe}: {state} ({o.path})")
         for reason in o.stale:
             click.echo(f"  stale: {reason}")

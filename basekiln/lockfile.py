@@ -128,6 +128,12 @@ def read_lockfile(path: Path) -> Lockfile:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise LockfileError(f"{path}: {problems}; regenerate it with `basekiln lock`") from exc
+    if canonical_bytes(lock) != raw:
+        raise LockfileError(
+            f"{path}: not in canonical form (keys, order or spacing differ from what "
+            "`basekiln lock` writes); it was edited by hand. Restore it from version control "
+            "or regenerate it with `basekiln lock --update`"
+        )
     if lock.lockfile_version != LOCKFILE_VERSION:
         raise LockfileError(
             f"{path}: lockfile_version {lock.lockfile_version} is not supported (this "

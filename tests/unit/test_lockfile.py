@@ -170,3 +170,12 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["static.lock.json"]
+
+
+def test_whitespace_edit_is_refused_as_not_canonical(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock.json"
+    write_lockfile(path, sample())
+    text = path.read_text()
+    path.write_text(text.replace('\n  "', '\n    "', 1))
+    with pytest.raises(LockfileError, match="not in canonical form"):
+        read_lockfile(path)
