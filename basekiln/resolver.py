@@ -9,6 +9,7 @@ provider satisfies at the highest version. Failures explain the chain that led t
 from __future__ import annotations
 
 import difflib
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -94,15 +95,12 @@ def parse_relations(text: str) -> tuple[tuple[Alternative, ...], ...]:
     return tuple(groups)
 
 
-@cache
-def _parse_provides(text: str) -> tuple[tuple[str, str | None], ...]:
-    provided = []
-    for item in text.split(","):
-        name, _, rest = item.strip().partition(" ")
-        version = rest.strip().strip("()").removeprefix("=").strip() or None
-        if name:
-            provided.append((name, version))
-    return tuple(provided)
+_PROVIDED = re.compile(r"([^\s,(]+)(?:\s*\(\s*=\s*([^\s)]+)\s*\))?")
+
+
+def _parse_provides(text: str) -> list[tuple[str, str | None]]:
+    """`name`, or `name (= version)`, comma-separated: some Rust packages list hundreds."""
+    return [(name, version or None) for name, version in _PROVIDED.findall(text)]
 
 
 class Universe:
@@ -132,6 +130,9 @@ class Universe:
 
 
 def _newest_first(pkgs: list[BinaryPackage]) -> list[BinaryPackage]:
+    if len(pkgs) == 1:
+        return pkgs
+
     # A stable sort keeps suite order (as configured) among equal versions.
     def newer(a: BinaryPackage, b: BinaryPackage) -> int:
         return version_compare(b.version, a.version)
