@@ -168,6 +168,9 @@ def run_streaming(
     finally:
         timer.cancel()
         reader.join()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     stderr = "\n".join(tail)
     if proc.returncode != 0:
         why = (

@@ -431,6 +431,15 @@ def doctor(as_json: bool) -> None:
         sys.exit(int(ExitCode.FAILURE))
 
 
+def _register_commands() -> None:
+    from basekiln.surface import report_command
+
+    cli.add_command(report_command)
+
+
+_register_commands()
+
+
 def _unwind_on_signals() -> None:
     # Ctrl-C and SIGTERM (a CI timeout, a stopped Prefect worker) must unwind through
     # `finally` blocks, so that sandboxes are torn down rather than leaked.

@@ -8,8 +8,10 @@ back as files from a scratch stage.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -18,12 +20,14 @@ from pathlib import Path
 
 from basekiln import __version__
 from basekiln._buildctl import NamedImage, build, build_argv
+from basekiln._run import CommandError, run, which
 from basekiln.errors import BuildError
 from basekiln.oci import Image, iter_layer
 from basekiln.recipe import CommandTest, FileTest, MetadataTest, Tests
 from basekiln.render import environment
 from basekiln.sandbox import Sandbox
 
+COMPILERS = {".c": "cc", ".cc": "c++", ".cpp": "c++"}
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 
@@ -166,6 +170,11 @@ def command_argv(index: int, test: CommandTest) -> list[str]:
     return ["/.basekiln/busybox", "sh", "-c", script, "basekiln-test", *test.command]
 
 
+def mount_name(test_index: int, mount_index: int) -> str:
+    """Where a test's mounted file sits in the test build's context."""
+    return f"mounts/{test_index}-{mount_index}"
+
+
 def render_command_tests(recipe: str, image: Image, tests: list[CommandTest]) -> str:
     user = str((image.config.get("config") or {}).get("User") or "0")
     return (
@@ -176,9 +185,47 @@ def render_command_tests(recipe: str, image: Image, tests: list[CommandTest]) ->
             recipe=recipe,
             image_digest=image.digest,
             user=user,
-            tests=[{"argv": command_argv(i, t)} for i, t in enumerate(tests)],
+            tests=[
+                {
+                    "argv": command_argv(i, t),
+                    "mounts": [(mount_name(i, j), m.target) for j, m in enumerate(t.mounts)],
+                    "user": t.user or user,
+                }
+                for i, t in enumerate(tests)
+            ],
         )
     )
+
+
+def prepare_mounts(tests: list[CommandTest], context: Path) -> None:
+    """Put each test's mounted files into the test build's context, compiling sources."""
+    for i, test in enumerate(tests):
+        for j, mount in enumerate(test.mounts):
+            target = context / mount_name(i, j)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = Path(mount.source)
+            compiler = COMPILERS.get(source.suffix)
+            if compiler is None:
+                shutil.copyfile(source, target)
+                target.chmod(0o755 if os.access(source, os.X_OK) else 0o644)
+            else:
+                compile_program(compiler, source, target, mount.flags, test.name)
+
+
+def compile_program(compiler: str, source: Path, target: Path, flags: list[str], test: str) -> None:
+    """Build a test program on the host; it reaches the test, never the image."""
+    if which(compiler) is None:
+        raise BuildError(
+            f"test {test!r} mounts {source.name}, which needs a {compiler} compiler on this "
+            "machine; install gcc and g++ (Debian: apt-get install build-essential)"
+        )
+    argv = [compiler, "-O2", "-Wall", "-o", str(target), str(source), *flags]
+    try:
+        run(argv, timeout=300)
+    except CommandError as exc:
+        raise BuildError(
+            f"test {test!r}: compiling {source} failed:\n{exc.stderr.strip()[-2000:]}"
+        ) from exc
 
 
 def judge_command(test: CommandTest, code: int, stdout: str, stderr: str) -> TestOutcome:
@@ -211,6 +258,7 @@ def run_command_tests(
         context, results = Path(tmp) / "context", Path(tmp) / "results"
         context.mkdir()
         (context / "Dockerfile").write_text(render_command_tests(recipe, image, tests))
+        prepare_mounts(tests, context)
         named = [tools, NamedImage("image", image.layout, image.digest)]
         argv = build_argv(sandbox.endpoint, context, results, epoch, named, {}, {}, platform, {})
         output_at = argv.index("--output") + 1

@@ -56,9 +56,26 @@ class Group(_Strict):
     members: list[str] = []
 
 
+class TestMount(_Strict):
+    """A file from the repository that one command test sees, never part of the image.
+
+    `source` is relative to the recipe's directory. A C or C++ source (`.c`, `.cc`,
+    `.cpp`) is first compiled on the host with `cc` or `c++`, dynamically linked unless
+    `flags` say otherwise (`-static`, `-lssl`, ...); any other file is mounted as it is.
+    """
+
+    __test__ = False  # not a pytest class, whatever its name says
+
+    source: str = Field(min_length=1)
+    target: str = Field(pattern=r"^/\.basekiln/[A-Za-z0-9_][A-Za-z0-9._/-]*$")
+    flags: list[str] = []
+
+
 class CommandTest(_Strict):
     name: str
     command: list[str] = Field(min_length=1)
+    mounts: list[TestMount] = []
+    user: str | None = None  # whom the command runs as; unset: the image's user
     exit_code: int = 0
     stdout: str | None = None
     stderr: str | None = None
@@ -90,10 +107,21 @@ class Tests(_Strict):
 
 
 class Budgets(_Strict):
+    """Limits a build must stay within; sizes and counts cover the whole image.
+
+    The whole image means its parents' layers and packages too: what a user pulls and
+    what the SBOM lists. `allow_setuid` also covers setgid files; `allow_world_writable`
+    does not concern sticky directories such as /tmp.
+    """
+
     max_compressed_bytes: int | None = Field(default=None, gt=0)
+    max_uncompressed_bytes: int | None = Field(default=None, gt=0)
     max_packages: int | None = Field(default=None, gt=0)
+    max_files: int | None = Field(default=None, gt=0)
     allow_setuid: bool = False
     allow_shell: bool = False
+    allow_package_manager: bool = False
+    allow_world_writable: bool = False
 
 
 class Recipe(_Strict):
@@ -106,6 +134,16 @@ class Recipe(_Strict):
     sources: list[Source] | None = None
     architectures: list[Literal["amd64", "arm64"]] = Field(default=["amd64"], min_length=1)
     packages: list[PackageSpec] = []
+    # Make /bin, /sbin, /lib and /lib64 links into /usr before unpacking, as Debian 12
+    # systems are; needed where dpkg and apt will install more.
+    merged_usr: bool = False
+    # Where package metadata goes: `status.d` (one file per package, for scanners, as
+    # distroless does) or `database` (a real /var/lib/dpkg with status and info/, for
+    # images whose dpkg and apt must work). Unset: the parent's choice, else status.d.
+    dpkg: Literal["status.d", "database"] | None = None
+    # `snapshot`: write apt's sources pointing at snapshot.debian.org as of the
+    # InRelease files the lockfile pins, so that apt sees the archive the image saw.
+    apt_sources: Literal["snapshot"] | None = None
     drop: list[str] = []
     # Shell commands run by the tool stage's busybox after unpacking, with $root the
     # image root and no network; for what no package does (compiling .pyc files, say).
@@ -119,7 +157,7 @@ class Recipe(_Strict):
     cmd: list[str] | None = None
     annotations: dict[str, str] = {}
     tests: Tests = Tests()
-    budgets: Budgets = Budgets()
+    budgets: Budgets | None = None  # none declared: the build enforces none
 
     @field_validator("packages", mode="before")
     @classmethod
@@ -182,7 +220,31 @@ def load_recipe(path: Path) -> LoadedRecipe:
             str(path),
             [f"{path}:{line}: name: {recipe.name!r} must match the file name {path.stem!r}"],
         )
+    recipe = _anchor_mounts(path, document, recipe)
     return LoadedRecipe(recipe=recipe, path=path, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _anchor_mounts(path: Path, document: CommentedMap, recipe: Recipe) -> Recipe:
+    """Test mounts with their sources made absolute, each checked to exist."""
+    base = path.resolve().parent
+    problems = []
+    commands = []
+    for i, test in enumerate(recipe.tests.commands):
+        mounts = []
+        for j, mount in enumerate(test.mounts):
+            source = (base / mount.source).resolve()
+            if not source.is_file():
+                loc = ("tests", "commands", i, "mounts", j, "source")
+                problems.append(
+                    f"{path}:{_line_of(document, loc)}: {_dotted(loc)}: {mount.source} is "
+                    f"not a file (sources are relative to {base})"
+                )
+            mounts.append(mount.model_copy(update={"source": str(source)}))
+        commands.append(test.model_copy(update={"mounts": mounts}))
+    if problems:
+        raise RecipeError(str(path), problems)
+    tests = recipe.tests.model_copy(update={"commands": commands})
+    return recipe.model_copy(update={"tests": tests})
 
 
 def _parse_yaml(path: Path, raw: bytes) -> CommentedMap:

@@ -7,6 +7,7 @@ Templates live in `builders/`; what they are given is computed here, so that
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,14 @@ def environment() -> Environment:
         autoescape=False,  # noqa: S701 (shell scripts and Dockerfiles, not HTML)
     )
     env.filters["shquote"] = shlex.quote
+    env.filters["shglob"] = shell_glob
     return env
+
+
+def shell_glob(path: str) -> str:
+    """`path` as one shell word in which only `*` and `?` stay wildcards."""
+    parts = re.split(r"([*?])", path)
+    return "".join(p if p in ("*", "?") else shlex.quote(p) for p in parts if p)
 
 
 def templates_digest() -> str:
@@ -86,7 +94,12 @@ def render_assemble_script(
     generated: list[GeneratedFile],
     directories: list[Directory],
     ca_bundle: bool,
+    merged_usr: bool = False,
+    dpkg_packages: list[tuple[str, str]] | None = None,
+    source_date_epoch: int = 0,
 ) -> str:
+    """The assembly script. `dpkg_packages` (name, architecture) are registered with
+    dpkg and configured by it in the build; their database files are in the context."""
     return (
         environment()
         .get_template("assemble.sh.j2")
@@ -98,6 +111,9 @@ def render_assemble_script(
             directories=directories,
             ca_bundle=ca_bundle,
             steps=recipe.steps,
+            merged_usr=merged_usr,
+            dpkg_packages=dpkg_packages or [],
+            source_date_epoch=source_date_epoch,
         )
     )
 
