@@ -144,6 +144,9 @@ class Recipe(_Strict):
     # `snapshot`: write apt's sources pointing at snapshot.debian.org as of the
     # InRelease files the lockfile pins, so that apt sees the archive the image saw.
     apt_sources: Literal["snapshot"] | None = None
+    # Write /etc/ld.so.cache for the whole image (parent included), as ldconfig would
+    # after an install; without it glibc still searches its default directories.
+    ldconfig: bool = False
     drop: list[str] = []
     # Shell commands run by the tool stage's busybox after unpacking, with $root the
     # image root and no network; for what no package does (compiling .pyc files, say).

@@ -111,6 +111,7 @@ def render_assemble_script(
             directories=directories,
             ca_bundle=ca_bundle,
             steps=recipe.steps,
+            ldconfig=recipe.ldconfig,
             merged_usr=merged_usr,
             dpkg_packages=dpkg_packages or [],
             source_date_epoch=source_date_epoch,

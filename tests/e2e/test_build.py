@@ -77,8 +77,10 @@ parent: tiny
     + """\
 packages:
   - extra-data
+ldconfig: true
 tests:
   files:
+    - {name: ld.so.cache written, path: /etc/ld.so.cache, mode: "0644"}
     - {name: parent files kept, path: /bin/busybox}
     - {name: own files, path: /usr/share/extra-data/payload}
 """
