@@ -27,9 +27,17 @@ unit: setup
 test: lint
 	$(VENV)/bin/pytest -q
 
+# The main job: the nightly flow over the catalogue, into a local registry, signed
+# with a throwaway key made on first use (its password is empty).
+KEY := .cache/keys/cosign.key
+REGISTRY_PORT ?= 5000
+
 run: setup
-	$(VENV)/bin/basekiln lock --check || $(VENV)/bin/basekiln lock
-	$(VENV)/bin/basekiln fetch
+	scripts/registry.sh start
+	test -f $(KEY) || (mkdir -p $(dir $(KEY)) && cd $(dir $(KEY)) && \
+	  COSIGN_PASSWORD= $(CURDIR)/.tools/bin/cosign generate-key-pair >/dev/null)
+	COSIGN_PASSWORD= $(VENV)/bin/basekiln nightly \
+	  --registry 127.0.0.1:$(REGISTRY_PORT)/basekiln --key $(KEY)
 
 registry: setup
 	scripts/registry.sh start

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -297,6 +298,7 @@ def _double_build(
     context_a = prepare_context(cache, inputs, work / "a" / "context", SOURCE_URL, revision)
     other_root = Path(tempfile.mkdtemp(prefix="basekiln-build-b-", dir=sandbox_root()))
     contexts = {"a": context_a, "b": other_root / "deeper" / "build" / "context"}
+    group = f"{recipe.name}-{uuid.uuid4().hex[:8]}"
     try:
         shutil.copytree(context_a, contexts["b"], copy_function=os.link)
         with _progress(options.show_progress) as progress:
@@ -315,13 +317,16 @@ def _double_build(
                     annotations,
                     config.file.buildkit.timeout_seconds,
                     lambda text: progress.update(task, description=text),
+                    group,
                 )
 
             with ThreadPoolExecutor(max_workers=2) as pool:
                 try:
                     builds = list(pool.map(one, (PLAIN, PERTURBED)))
                 except BaseException:
-                    stop_all()  # the other build must not run on after this one failed
+                    # The twin must not run on after this build failed; other images'
+                    # builds (a parallel nightly) are left alone.
+                    stop_all(group)
                     raise
     finally:
         shutil.rmtree(other_root, ignore_errors=True)
@@ -378,7 +383,7 @@ def _double_build(
 
 
 def sandbox_for(
-    config: Config, perturbation: Perturbation
+    config: Config, perturbation: Perturbation, group: str = ""
 ) -> contextlib.AbstractContextManager[Sandbox]:
     """A fresh local sandbox, or the configured remote daemon for this build.
 
@@ -387,7 +392,7 @@ def sandbox_for(
     """
     settings = config.file.buildkit
     if not settings.endpoints:
-        return local_sandbox(perturbation)
+        return local_sandbox(perturbation, group=group)
     if len(set(settings.endpoints)) < 2:
         raise InputError(
             "basekiln.toml: [buildkit] endpoints must name two different daemons (the two "
@@ -416,9 +421,10 @@ def _build_in_sandbox(
     annotations: dict[str, str],
     timeout: float,
     status: Callable[[str], None],
+    group: str = "",
 ) -> SandboxBuild:
     clock = time.monotonic()
-    with sandbox_for(config, perturbation) as sandbox:
+    with sandbox_for(config, perturbation, group) as sandbox:
         status(f"{inputs.recipe.name} [{sandbox.name}] building")
         _run_build(sandbox, context, output, inputs, named, annotations, timeout, status)
     image = read_image(output, inputs.platform)

@@ -432,9 +432,11 @@ def doctor(as_json: bool) -> None:
 
 
 def _register_commands() -> None:
+    from basekiln.cli_flows import new, nightly_command, promote, rebuild
     from basekiln.surface import report_command
 
-    cli.add_command(report_command)
+    for command in (report_command, rebuild, nightly_command, promote, new):
+        cli.add_command(command)
 
 
 _register_commands()

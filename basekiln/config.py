@@ -50,6 +50,51 @@ class BuildkitConfig(_Strict):
     timeout_seconds: float = 1800
 
 
+class RegistryConfig(_Strict):
+    """Default repositories (HOST/REPO), so that commands need not name them each time.
+
+    `rebuild` and `nightly` publish to STAGING/<recipe>; `promote` copies to
+    RELEASE/<name> unless given `--to`.
+    """
+
+    staging: str | None = None
+    release: str | None = None
+
+
+class SigningConfig(_Strict):
+    """The signing key: a path or env://NAME, never the key itself ($COSIGN_PASSWORD)."""
+
+    key: str | None = None
+
+
+class NightlyConfig(_Strict):
+    """How `nightly` runs: parallel images, audit cadence, reports, cross-run limits."""
+
+    # Double builds at once (each runs two BuildKit daemons); other steps overlap.
+    concurrency: int = Field(default=2, ge=1, le=32)
+    # An unchanged image is rebuilt anyway (and must reproduce its published digest)
+    # once its last reproduction is this many days old; 0 turns the cadence off.
+    audit_after_days: int = Field(default=7, ge=0)
+    reports_dir: str = "reports"
+    # How long a run waits for another run of this checkout to finish.
+    lock_timeout_seconds: float = Field(default=6 * 3600, ge=0)
+    # A Prefect global concurrency limit every double build takes one slot of, to cap
+    # builds across workers and hosts (`prefect gcl create NAME --limit N`); empty: none.
+    prefect_limit: str = ""
+
+
+class PromotionConfig(_Strict):
+    """What an image must show before `promote` copies it to the release repository."""
+
+    require_reproducible: bool = True
+    require_sbom_cross_check: bool = True
+    allowed_builders: list[str] = ["https://basekiln.dev/builders/local/v1"]
+    # The newest provenance may be at most this old; 0: no limit.
+    max_age_days: int = Field(default=30, ge=0)
+    # The SLSA Build level the allowed builders reach, stated in the promotion record.
+    slsa_build_level: int = Field(default=1, ge=0, le=3)
+
+
 class FileConfig(_Strict):
     cache: CacheConfig = CacheConfig()
     fetch: FetchConfig = FetchConfig()
@@ -58,6 +103,10 @@ class FileConfig(_Strict):
         "debian-security": ArchiveConfig(mirrors=["http://deb.debian.org/debian-security"]),
     }
     buildkit: BuildkitConfig = BuildkitConfig()
+    registry: RegistryConfig = RegistryConfig()
+    signing: SigningConfig = SigningConfig()
+    nightly: NightlyConfig = NightlyConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
 
 @dataclass(frozen=True)

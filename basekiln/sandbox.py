@@ -31,7 +31,8 @@ from basekiln.render import environment
 
 log = logging.getLogger(__name__)
 
-_running: set[subprocess.Popen[bytes]] = set()
+# Running daemons and the group each belongs to (the double build that started it).
+_running: dict[subprocess.Popen[bytes], str] = {}
 _running_lock = threading.Lock()
 
 START_TIMEOUT = 30.0
@@ -89,8 +90,13 @@ def sandbox_root() -> Path:
 
 
 @contextlib.contextmanager
-def local_sandbox(perturbation: Perturbation, parent_dir: Path | None = None) -> Iterator[Sandbox]:
-    """Start a fresh buildkitd; stop it and remove its state on the way out."""
+def local_sandbox(
+    perturbation: Perturbation, parent_dir: Path | None = None, group: str = ""
+) -> Iterator[Sandbox]:
+    """Start a fresh buildkitd; stop it and remove its state on the way out.
+
+    `group` names the builds that stand or fall together (see `stop_all`).
+    """
     if which("buildkitd") is None:
         raise BuildError("buildkitd is not installed; run `make setup`")
     base = parent_dir or sandbox_root()
@@ -104,7 +110,7 @@ def local_sandbox(perturbation: Perturbation, parent_dir: Path | None = None) ->
     try:
         process = _start(state, address, perturbation)
         with _running_lock:
-            _running.add(process)
+            _running[process] = group
         endpoint = Endpoint(address)
         _wait_healthy(process, endpoint, state, socket)
         log.debug("sandbox %s ready at %s", perturbation.name, address)
@@ -113,7 +119,7 @@ def local_sandbox(perturbation: Perturbation, parent_dir: Path | None = None) ->
         if process is not None:
             _stop(process)
             with _running_lock:
-                _running.discard(process)
+                _running.pop(process, None)
         detach_mounts(state)
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(socket_dir, ignore_errors=True)
@@ -166,13 +172,13 @@ def _start(state: Path, address: str, perturbation: Perturbation) -> subprocess.
         log_file.close()
 
 
-def stop_all() -> None:
-    """Kill every local daemon now, so builds in other threads fail fast and unwind.
+def stop_all(group: str | None = None) -> None:
+    """Kill local daemons now (those of `group`, or all), so builds fail fast and unwind.
 
     Each sandbox's own `finally` still detaches its mounts and removes its state.
     """
     with _running_lock:
-        processes = list(_running)
+        processes = [p for p, g in _running.items() if group is None or g == group]
     for process in processes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)

@@ -401,3 +401,20 @@ def test_remote_daemons_must_be_two_and_are_used(build_project: Project, tmp_pat
     result = json.loads(built.stdout)
     assert [b["sandbox"] for b in result["builds"]] == [one.endpoint.address, two.endpoint.address]
     assert result["reproducible"] is True
+
+
+def test_stopping_one_double_build_leaves_other_sandboxes_running(tmp_path: Path) -> None:
+    from basekiln._buildctl import ping
+    from basekiln.errors import ToolError
+    from basekiln.sandbox import stop_all
+
+    with (
+        local_sandbox(PLAIN, tmp_path / "one", group="first") as first,
+        local_sandbox(PLAIN, tmp_path / "two", group="second") as second,
+    ):
+        stop_all("first")
+        time.sleep(0.5)
+        ping(second.endpoint)  # still answers
+        with pytest.raises(ToolError):
+            ping(first.endpoint, timeout=3)
+    assert mounts_under(tmp_path) == []
