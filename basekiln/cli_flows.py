@@ -234,7 +234,7 @@ def promote(
 
     config = _config()
     wanted = promotion.request(config, image, to, tags=tags, promoter=promoter)
-    key = key or config.file.signing.key
+    key = key or config.signing_key()
     if not key:
         raise promotion.PromotionError("name the signing key with --key, or set [signing] key")
     try:

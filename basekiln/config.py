@@ -134,6 +134,13 @@ class Config:
         raw = Path(override) if override else Path(self.file.cache.dir)
         return raw if raw.is_absolute() else self.root / raw
 
+    def signing_key(self) -> str | None:
+        """[signing] key, a relative path taken from the repository root."""
+        key = self.file.signing.key
+        if key is None or not is_key_path(key) or Path(key).is_absolute():
+            return key
+        return str(self.root / key)
+
     def archive(self, name: str) -> ArchiveConfig:
         try:
             return self.file.archives[name]
@@ -143,6 +150,11 @@ class Config:
                 f"{self.root / CONFIG_NAME}: archive {name!r} is not configured "
                 f"(known: {known}); add an [archives.{name}] table with its mirrors"
             ) from None
+
+
+def is_key_path(key: str) -> bool:
+    """Whether a cosign key reference is a file (not env://NAME, a KMS URI or pkcs11:)."""
+    return "://" not in key and not key.startswith("pkcs11:")
 
 
 def load_config(start: Path | None = None) -> Config:

@@ -704,7 +704,7 @@ def is_transient(error: BaseException | None) -> bool:
 def run_settings(config: Config, registry: str | None, key: str | None) -> tuple[str, str]:
     """The staging registry (HOST/REPO) and signing key: given, else from basekiln.toml."""
     registry = registry or config.file.registry.staging
-    key = key or config.file.signing.key
+    key = key or config.signing_key()
     if not registry:
         raise InputError(
             "name the staging registry with --registry HOST/REPO (images go to "

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from basekiln import _cosign, attest
-from basekiln.config import Config
+from basekiln.config import Config, is_key_path
 from basekiln.errors import InputError, VerificationError
 from basekiln.evidence import SPDX_PREDICATE, Evidence, produce_evidence
 from basekiln.oci import read_image
@@ -96,8 +96,13 @@ def registry_endpoint(ref: Reference, ca_bundle: Path | None = None) -> Endpoint
 
 
 def signing_for_key(key: str, work: Path) -> Signing:
-    """A key-pair signing setup; the public half is derived from the private key."""
-    public = Path(key).with_suffix(".pub") if not key.startswith("env://") else None
+    """A key-pair signing setup; the public half is derived from the private key.
+
+    A relative key path is made absolute here: cosign runs in other directories.
+    """
+    if is_key_path(key):
+        key = str(Path(key).resolve())
+    public = Path(key).with_suffix(".pub") if is_key_path(key) else None
     if public is None or not public.is_file():
         public = _cosign.public_key(key, work / "signer.pub")
     return Signing(signer=key, verifier=public)
