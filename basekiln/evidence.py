@@ -22,7 +22,7 @@ from typing import Any
 
 from basekiln.attest import in_toto_statement
 from basekiln.config import Config
-from basekiln.lockfile import lockfile_path, read_lockfile, write_atomic
+from basekiln.lockfile import load_lock_chain, lockfile_path, read_lockfile, write_atomic
 from basekiln.provenance import (
     REPRODUCIBLE_PREDICATE,
     SLSA_PROVENANCE,
@@ -36,7 +36,6 @@ from basekiln.sbom import (
     Sbom,
     cross_check,
     generate_sbom,
-    load_lock_chain,
     locked_union,
 )
 

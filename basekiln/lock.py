@@ -21,6 +21,7 @@ from basekiln.lockfile import (
     ParentRef,
     RecipeRef,
     file_sha256,
+    load_lock_chain,
     lockfile_path,
     read_lockfile,
     write_lockfile,
@@ -269,17 +270,11 @@ def _locked(selected: Selected, platform: str) -> LockedPackage:
 
 def _ancestor_locks(config: Config, parent: ParentRef | None) -> list[Lockfile]:
     """The parent's lockfile, then the grandparent's, up to the root of the chain."""
-    chain: list[Lockfile] = []
-    seen: set[str] = set()
-    name = parent.recipe if parent else None
-    while name is not None:
-        if name in seen:
-            raise LockfileError(f"the parent chain of lockfiles loops back to {name!r}")
-        seen.add(name)
-        lock = read_lockfile(lockfile_path(config.lockfiles_dir, name))
-        chain.append(lock)
-        name = lock.parent.recipe if lock.parent else None
-    return chain
+    if parent is None:
+        return []
+    return load_lock_chain(
+        config.lockfiles_dir, read_lockfile(lockfile_path(config.lockfiles_dir, parent.recipe))
+    )
 
 
 def _installed_from(

@@ -173,3 +173,26 @@ def lockfile_path(lockfiles_dir: Path, recipe_name: str) -> Path:
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_lock_chain(lockfiles_dir: Path, lock: Lockfile) -> list[Lockfile]:
+    """`lock` and its ancestors' lockfiles, the image's own first.
+
+    Each parent must still be the file the child was locked against (its sha256 is in
+    the child's `parent` field).
+    """
+    chain = [lock]
+    seen = {lock.recipe.name}
+    while (parent := chain[-1].parent) is not None:
+        path = lockfile_path(lockfiles_dir, parent.recipe)
+        if parent.recipe in seen:
+            raise LockfileError(f"{path}: the parent chain loops back to {parent.recipe!r}")
+        parent_lock = read_lockfile(path)
+        if file_sha256(path) != parent.lockfile_sha256:
+            raise LockfileError(
+                f"{path}: changed since {chain[-1].recipe.name!r} was locked against it; "
+                f"run `basekiln lock {chain[-1].recipe.name}` again"
+            )
+        chain.append(parent_lock)
+        seen.add(parent.recipe)
+    return chain

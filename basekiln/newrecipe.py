@@ -19,10 +19,10 @@ from basekiln.catalogue import load_selection
 from basekiln.config import Config
 from basekiln.errors import BasekilnError, InputError
 from basekiln.lock import Mode, lock_all, platform_of
-from basekiln.lockfile import lockfile_path, read_lockfile
+from basekiln.lockfile import load_lock_chain, lockfile_path, read_lockfile
 from basekiln.recipe import NAME_PATTERN, PACKAGE_PATTERN, Source, load_recipe
 from basekiln.results import BuildResult
-from basekiln.sbom import load_lock_chain, locked_union
+from basekiln.sbom import locked_union
 
 log = logging.getLogger(__name__)
 

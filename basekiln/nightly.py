@@ -53,7 +53,13 @@ from basekiln.errors import (
 )
 from basekiln.evidence import Evidence, produce_evidence
 from basekiln.lock import Mode, lock_all
-from basekiln.lockfile import file_sha256, lockfile_path, read_lockfile, write_atomic
+from basekiln.lockfile import (
+    file_sha256,
+    load_lock_chain,
+    lockfile_path,
+    read_lockfile,
+    write_atomic,
+)
 from basekiln.oci import read_image
 from basekiln.publish import (
     PublishResult,
@@ -68,7 +74,7 @@ from basekiln.recipe import LoadedRecipe, load_recipe, recipe_names, resolve_rec
 from basekiln.registry import RegistryClient, RegistryStatusError, RegistryUnreachableError
 from basekiln.results import BuildResult
 from basekiln.sandbox import PLAIN, stop_all
-from basekiln.sbom import load_lock_chain, locked_union
+from basekiln.sbom import locked_union
 from basekiln.toolimage import build_tool_image
 
 log = logging.getLogger(__name__)

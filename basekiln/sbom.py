@@ -18,7 +18,7 @@ from pathlib import Path
 from basekiln import _syft
 from basekiln._syft import DebPackage
 from basekiln.errors import BasekilnError, LockfileError
-from basekiln.lockfile import LockedPackage, Lockfile, file_sha256, lockfile_path, read_lockfile
+from basekiln.lockfile import LockedPackage, Lockfile
 from basekiln.oci import read_image
 
 log = logging.getLogger(__name__)
@@ -192,29 +192,6 @@ def cross_check(
         raise SbomMismatchError(check, where)
     log.info("SBOM matches the lockfiles: %d packages", len(check.matched))
     return check
-
-
-def load_lock_chain(lockfiles_dir: Path, lock: Lockfile) -> list[Lockfile]:
-    """`lock` and its ancestors' lockfiles, the image's own first.
-
-    Each parent must still be the file the child was locked against (its sha256 is in
-    the child's `parent` field).
-    """
-    chain = [lock]
-    seen = {lock.recipe.name}
-    while (parent := chain[-1].parent) is not None:
-        path = lockfile_path(lockfiles_dir, parent.recipe)
-        if parent.recipe in seen:
-            raise LockfileError(f"{path}: the parent chain loops back to {parent.recipe!r}")
-        parent_lock = read_lockfile(path)
-        if file_sha256(path) != parent.lockfile_sha256:
-            raise LockfileError(
-                f"{path}: changed since {chain[-1].recipe.name!r} was locked against it; "
-                f"run `basekiln lock {chain[-1].recipe.name}` again"
-            )
-        chain.append(parent_lock)
-        seen.add(parent.recipe)
-    return chain
 
 
 def locked_union(chain: Sequence[Lockfile], platform: str) -> list[LockedPackage]:

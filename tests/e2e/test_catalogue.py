@@ -19,10 +19,10 @@ import pytest
 from basekiln.build import RESULT_NAME, BuildOptions, build_recipes, check_fresh
 from basekiln.catalogue import load_selection
 from basekiln.config import Config, load_config
-from basekiln.lockfile import lockfile_path, read_lockfile
+from basekiln.lockfile import load_lock_chain, lockfile_path, read_lockfile
 from basekiln.oci import read_image
 from basekiln.results import BuildResult
-from basekiln.sbom import cross_check, generate_sbom, load_lock_chain, locked_union
+from basekiln.sbom import cross_check, generate_sbom, locked_union
 from basekiln.surface import Surface, budget_violations, examine
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]

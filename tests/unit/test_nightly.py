@@ -222,7 +222,11 @@ def test_run_settings_need_a_registry_and_a_key(tmp_path: Path) -> None:
     (tmp_path / "basekiln.toml").write_text(
         '[registry]\nstaging = "127.0.0.1:5000/s"\n[signing]\nkey = "k.key"\n'
     )
-    assert nightly.run_settings(load_config(tmp_path), None, None) == ("127.0.0.1:5000/s", "k.key")
+    # A key path in basekiln.toml is taken from the repository root, wherever we run.
+    assert nightly.run_settings(load_config(tmp_path), None, None) == (
+        "127.0.0.1:5000/s",
+        str(tmp_path / "k.key"),
+    )
     assert nightly.image_repository("127.0.0.1:5000/s/", "tiny") == "127.0.0.1:5000/s/tiny"
 
 

@@ -19,6 +19,7 @@ from basekiln.lockfile import (
     ParentRef,
     RecipeRef,
     file_sha256,
+    load_lock_chain,
     lockfile_path,
     write_lockfile,
 )
@@ -27,7 +28,6 @@ from basekiln.sbom import (
     SbomMismatchError,
     compare_packages,
     cross_check,
-    load_lock_chain,
     locked_union,
     read_sbom,
 )
