@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from basekiln.config import Config
 from basekiln.errors import ExitCode
 from basekiln.lockfile import write_atomic
 from basekiln.nightly import ImageOutcome, Relock, Status
+from basekiln.surface import Surface, markdown_table
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class NightlyReport:
     images: tuple[ImageOutcome, ...]
     relock: Relock
     flow_run: str | None = None  # the Prefect flow run's id, when run by Prefect
+    surfaces: Mapping[str, Surface] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -131,6 +133,7 @@ class NightlyReport:
                 "failed": dict(self.relock.failed),
             },
             "files": dict(files or {}),
+            "attack_surface": {name: s.to_json() for name, s in self.surfaces.items()},
         }
 
     def to_markdown(self, files: Mapping[str, str] | None = None) -> str:
@@ -147,6 +150,8 @@ class NightlyReport:
         lines += [_table_row(i) for i in self.images]
         for outcome in self.images:
             lines += _details(outcome)
+        if self.surfaces:
+            lines += ["", "## Attack surface", "", markdown_table(dict(self.surfaces))]
         lines += _lockfile_section(self.relock, (files or {}).get("diff"))
         return "\n".join(lines) + "\n"
 

@@ -16,6 +16,7 @@ import re
 import stat
 import sys
 import tarfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import click
 from basekiln.assemble import BuildInputs
 from basekiln.errors import BasekilnError, BuildError, InputError
 from basekiln.imagetest import FileInfo, image_files, resolve
+from basekiln.lockfile import write_atomic
 from basekiln.oci import Image, LayoutError, read_image
 from basekiln.recipe import Budgets
 
@@ -356,3 +358,35 @@ def check_build_budgets(inputs: BuildInputs, layout: Path) -> Surface | None:
         len(surface.packages),
     )
     return surface
+
+
+def surfaces_of(out_root: Path, recipes: Iterable[str], platform: str) -> dict[str, Surface]:
+    """Each built recipe's surface, cached per digest in out/NAME/surface.json.
+
+    For the nightly report: an unchanged image costs a file read, not a layer walk.
+    """
+    found: dict[str, Surface] = {}
+    for recipe in recipes:
+        result_path = out_root / recipe / "build.json"
+        if not result_path.is_file():
+            continue
+        digest = json.loads(result_path.read_text()).get("digest")
+        cached = out_root / recipe / "surface.json"
+        if cached.is_file():
+            data: dict[str, Any] = json.loads(cached.read_text())
+            if data.get("digest") == digest:
+                found[recipe] = _surface_from_json(data)
+                continue
+        try:
+            image, parent = locate(recipe, out_root, platform)
+        except BasekilnError:
+            continue
+        surface = examine(image, len(parent.layers) if parent else 0)
+        write_atomic(cached, (json.dumps(surface.to_json(), indent=2) + "\n").encode())
+        found[recipe] = surface
+    return found
+
+
+def _surface_from_json(data: dict[str, Any]) -> Surface:
+    lists = ("packages", "setuid", "setgid", "world_writable", "shells", "package_managers")
+    return Surface(**{**data, **{key: tuple(data[key]) for key in lists}})

@@ -37,6 +37,7 @@ from basekiln.config import Config, load_config
 from basekiln.publish import Signing
 from basekiln.recipe import LoadedRecipe
 from basekiln.report import NightlyReport, write_report
+from basekiln.surface import surfaces_of
 from flows.rebuild import rebuild, transient_failure
 
 # Images in flight at once (assessing, testing, publishing); of these, at most
@@ -134,6 +135,7 @@ def nightly(
             tuple(scheduler.results()),
             locked,
             _flow_run_id(),
+            surfaces_of(config.root / "out", [r.recipe.name for r in plan.recipes], "linux/amd64"),
         )
         files = write_report(config, report)
     create_markdown_artifact(

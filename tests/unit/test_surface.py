@@ -175,3 +175,30 @@ def test_the_report_command_reads_a_layout_or_a_built_recipe(
     missing = runner.invoke(report_command, ["nothing-built"])
     assert missing.exit_code == 2
     assert "basekiln build nothing-built" in missing.output
+
+
+def test_nightly_surfaces_are_cached_per_digest(tmp_path: Path) -> None:
+    import json as _json
+
+    from basekiln.oci import FileEntry, write_image
+    from basekiln.surface import surfaces_of
+
+    layout = tmp_path / "out" / "tiny" / "oci"
+    layout.mkdir(parents=True)
+    descriptor = write_image(
+        layout, [[FileEntry("bin", kind="dir"), FileEntry("bin/sh", b"#!", 0o4755)]]
+    )
+    (tmp_path / "out" / "tiny" / "build.json").write_text(
+        _json.dumps(
+            {
+                "digest": descriptor.digest,
+                "oci_layout": str(layout),
+                "platform": "linux/amd64",
+                "parent_digest": None,
+            }
+        )
+    )
+    first = surfaces_of(tmp_path / "out", ["tiny", "absent"], "linux/amd64")
+    assert list(first) == ["tiny"] and first["tiny"].setuid == ("/bin/sh",)
+    assert (tmp_path / "out" / "tiny" / "surface.json").is_file()
+    assert surfaces_of(tmp_path / "out", ["tiny"], "linux/amd64") == first
