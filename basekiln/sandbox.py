@@ -149,6 +149,10 @@ def _start(state: Path, address: str, perturbation: Perturbation) -> subprocess.
         str(state / "root"),
         "--addr",
         address,
+        # Its own trace socket too: the default, /run/buildkit/otel-grpc.sock, is one
+        # path for every daemon, so two sandboxes starting at once would collide.
+        "--otel-socket-path",
+        str(Path(address.removeprefix("unix://")).with_name("otel-grpc.sock")),
         "--oci-worker=true",
         "--containerd-worker=false",
     ]

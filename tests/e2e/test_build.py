@@ -418,3 +418,18 @@ def test_stopping_one_double_build_leaves_other_sandboxes_running(tmp_path: Path
         with pytest.raises(ToolError):
             ping(first.endpoint, timeout=3)
     assert mounts_under(tmp_path) == []
+
+
+def test_sandboxes_started_at_once_share_no_socket(tmp_path: Path) -> None:
+    # buildkitd's trace socket defaults to one path for every daemon; three sandboxes
+    # starting together collided on it before each got its own.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(index: int) -> str:
+        with local_sandbox(PLAIN, tmp_path / str(index)) as sandbox:
+            return sandbox.endpoint.address
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        addresses = list(pool.map(start, range(3)))
+    assert len(set(addresses)) == 3
+    assert mounts_under(tmp_path) == []
