@@ -6,21 +6,18 @@ import json
 import logging
 import signal
 import sys
-import traceback
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 
 from basekiln import __version__
+from basekiln._console import handles_errors, stderr
 from basekiln.catalogue import load_selection
 from basekiln.config import Config, load_config
-from basekiln.errors import BasekilnError, ExitCode, InputError, InterruptedRunError
+from basekiln.errors import ExitCode, InputError, InterruptedRunError
 from basekiln.lock import LockOutcome, Mode, lock_all
 from basekiln.lockfile import lockfile_path, read_lockfile
 from basekiln.publish import Signing
@@ -29,7 +26,6 @@ from basekiln.results import BuildResult
 P = ParamSpec("P")
 R = TypeVar("R")
 
-stderr = Console(stderr=True)
 log = logging.getLogger("basekiln")
 
 
@@ -43,25 +39,6 @@ def _configure_logging(verbose: bool) -> None:
     )
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _handles_errors(func: Callable[P, R]) -> Callable[P, R]:
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except BasekilnError as exc:
-            if logging.getLogger().level <= logging.DEBUG:
-                traceback.print_exc(file=sys.stderr)
-            stderr.print(
-                f"[bold red]error:[/] {escape(exc.message)}",
-                highlight=False,
-                markup=True,
-                soft_wrap=True,
-            )
-            sys.exit(int(exc.exit_code))
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,7 +72,7 @@ def _config(ctx: click.Context) -> Config:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-@_handles_errors
+@handles_errors
 def lock(
     ctx: click.Context,
     recipes: tuple[str, ...],
@@ -161,7 +138,7 @@ def _print_lock_outcomes(outcomes: list[LockOutcome], show_diff: bool, as_json: 
 @click.argument("recipes", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-@_handles_errors
+@handles_errors
 def fetch(ctx: click.Context, recipes: tuple[str, ...], as_json: bool) -> None:
     """Download every locked .deb of RECIPES into the verified cache."""
     from basekiln.fetch import fetch as fetch_packages
@@ -197,7 +174,7 @@ def fetch(ctx: click.Context, recipes: tuple[str, ...], as_json: bool) -> None:
     help="Also print the assembly script the Dockerfile runs.",
 )
 @click.pass_context
-@_handles_errors
+@handles_errors
 def render(ctx: click.Context, recipe: str, show_context: bool) -> None:
     """Print the Dockerfile that `build` gives BuildKit for RECIPE."""
     from basekiln.build import render_recipe
@@ -215,7 +192,7 @@ def render(ctx: click.Context, recipe: str, show_context: bool) -> None:
 @click.option("--no-tests", is_flag=True, help="Skip the recipe's image tests.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-@_handles_errors
+@handles_errors
 def build(
     ctx: click.Context, recipes: tuple[str, ...], force: bool, no_tests: bool, as_json: bool
 ) -> None:
@@ -305,7 +282,7 @@ def _keyless_options(func: Callable[P, R]) -> Callable[P, R]:
 @_keyless_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-@_handles_errors
+@handles_errors
 def publish(
     ctx: click.Context,
     recipe: str,
@@ -372,7 +349,7 @@ def publish(
 @_keyless_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-@_handles_errors
+@handles_errors
 def verify(
     ctx: click.Context,
     image: str,
@@ -412,7 +389,7 @@ def verify(
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@_handles_errors
+@handles_errors
 def doctor(as_json: bool) -> None:
     """List each external tool basekiln relies on, its version, and what is missing."""
     from basekiln.doctor import diagnose

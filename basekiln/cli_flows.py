@@ -13,42 +13,23 @@ import json
 import logging
 import os
 import sys
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from basekiln import _cosign, nightly
+from basekiln._console import handles_errors, stderr
 from basekiln.config import Config, load_config
 from basekiln.errors import BasekilnError
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-stderr = Console(stderr=True)
 log = logging.getLogger(__name__)
-
-
-def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Print a basekiln error for a person and exit with its code (tracebacks with -v)."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except BasekilnError as exc:
-            if logging.getLogger().level <= logging.DEBUG:
-                traceback.print_exc(file=sys.stderr)
-            stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-            sys.exit(int(exc.exit_code))
-
-    return wrapper
 
 
 def _config() -> Config:
