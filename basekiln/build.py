@@ -454,7 +454,11 @@ def _run_build(
         output,
         inputs.lock.source_date_epoch,
         named,
-        build_args={"TZ": perturbation.tz, "LANG": perturbation.locale},
+        build_args={
+            "TZ": perturbation.tz,
+            "LANG": perturbation.locale,
+            "BASEKILN_UMASK": f"{perturbation.umask:04o}",
+        },
         frontend_opts={"hostname": perturbation.hostname},
         platform=inputs.platform,
         annotations=annotations,

@@ -243,6 +243,31 @@ def test_non_reproducible_recipe_exits_3_with_a_report_naming_the_file(
     assert "etc/build-time" in text
 
 
+def test_the_second_sandbox_is_perturbed_inside_the_build_step(build_project: Project) -> None:
+    build_project.write_recipe(
+        "ambient",
+        "name: ambient\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
+        "steps:\n"
+        '  - echo "$LANG $(hostname)" > "$root/etc/ambient"\n',
+    )
+    built = lock_and_build(build_project, "ambient")
+    assert built.returncode == 3, built.stderr
+    result = json.loads((build_project.root / "out" / "ambient" / "build.json").read_text())
+    text = Path(result["report"]).with_suffix(".txt").read_text()
+    assert "etc/ambient" in text and "host name" in text
+    # What each build step saw before assemble.sh fixed it: the recorded perturbations
+    # are the ones the step really ran under.
+    work = build_project.root / "out" / "ambient" / "work"
+    seen = {name: (work / name / "build.log").read_text() for name in ("a", "b")}
+    assert "umask 0022, TZ=UTC, LANG=C.UTF-8, host basekiln-a" in seen["a"]
+    assert (
+        "umask 0077, TZ=Pacific/Kiritimati, LANG=fr_FR.UTF-8, host kiln-b-perturbed.example"
+        in seen["b"]
+    )
+    recorded = {b["sandbox"][-1]: b["perturbations"] for b in result["builds"]}
+    assert recorded["b"]["umask"] == "0077" and recorded["b"]["tz"] == "Pacific/Kiritimati"
+
+
 def test_stale_lockfile_is_refused(build_project: Project) -> None:
     assert run_basekiln(build_project, "lock", "tiny").returncode == 0
     recipe = build_project.recipes / "tiny.yaml"
