@@ -8,6 +8,7 @@ basekiln versions) reuse the last accepted result instead of building again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from basekiln.fetch import fetch
 from basekiln.imagetest import raise_on_failures, run_command_tests, run_static_tests
 from basekiln.lock import platform_of
 from basekiln.lockfile import Lockfile, file_sha256, lockfile_path, read_lockfile, write_atomic
-from basekiln.oci import read_image
+from basekiln.oci import MEDIA_MANIFEST, read_image
 from basekiln.recipe import LoadedRecipe, Recipe
 from basekiln.render import templates_digest
 from basekiln.results import BuildResult, SandboxBuild
@@ -64,6 +65,14 @@ log = logging.getLogger(__name__)
 
 RESULT_NAME = "build.json"
 SOURCE_URL = "https://github.com/basekiln/basekiln"
+
+
+class BuildMismatchError(NotReproducibleError):
+    """The two builds differed; carries the result so the CLI can still print it."""
+
+    def __init__(self, message: str, result: BuildResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,7 @@ def render_recipe(config: Config, name: str) -> tuple[str, str]:
     selection = load_selection([name], config.recipes_dir)
     inputs = _build_inputs(config, selection[-1], selection, _built_parent(config, selection[-1]))
     statuses = {p.name: b"" for p in inputs.lock.packages_for(inputs.platform)}
-    revision = git_revision(config.root, [inputs.recipe_path, inputs.lockfile_path])
+    revision = source_revision(config, inputs.recipe_path, inputs.lockfile_path)
     rendered = render_build(inputs, statuses, SOURCE_URL, revision)
     return rendered.dockerfile, rendered.script
 
@@ -176,8 +185,18 @@ def check_fresh(config: Config, loaded: LoadedRecipe) -> tuple[Lockfile, Path]:
     return lock, path
 
 
-def inputs_digest(recipe_sha: str, lock_sha: str, parent_digest: str | None, buildkit: str) -> str:
-    """What a rebuild must match: any change here means a new build."""
+def inputs_digest(
+    recipe_sha: str,
+    lock_sha: str,
+    parent_digest: str | None,
+    buildkit: str,
+    revision: str | None,
+) -> str:
+    """What a rebuild must match: any change here means a new build.
+
+    The source revision is among them because it is written into the image's labels:
+    committing a lockfile that was built uncommitted changes the image's bytes.
+    """
     parts = [
         f"recipe {recipe_sha}",
         f"lockfile {lock_sha}",
@@ -185,6 +204,7 @@ def inputs_digest(recipe_sha: str, lock_sha: str, parent_digest: str | None, bui
         f"parent {parent_digest or '-'}",
         f"buildkit {buildkit}",
         f"basekiln {__version__}",
+        f"revision {revision or '-'}",
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -253,14 +273,22 @@ def build_one(
         parent = ParentImage(recipe.parent, Path(parent_result.oci_layout), parent_result.digest)
     inputs = _build_inputs(config, loaded, selection, parent)
     version = buildkit_version()
+    revision = source_revision(config, inputs.recipe_path, inputs.lockfile_path)
     digest = inputs_digest(
-        loaded.sha256, inputs.lockfile_sha256, parent.digest if parent else None, version
+        loaded.sha256, inputs.lockfile_sha256, parent.digest if parent else None, version, revision
     )
     if not options.force and (reused := previous_result(config, recipe.name, digest)):
         log.info("%s: inputs unchanged, reusing %s", recipe.name, reused.digest)
         return reused
     tools = _tool_image(config, inputs, options.show_progress)
-    return _double_build(config, loaded, inputs, tools, version, digest, options)
+    return _double_build(config, loaded, inputs, tools, version, digest, revision, options)
+
+
+def source_revision(
+    config: Config, recipe_path: str | Path, lockfile_path: str | Path
+) -> str | None:
+    """The commit that last touched the recipe and its lockfile, if both are committed."""
+    return git_revision(config.root, [str(recipe_path), str(lockfile_path)])
 
 
 def _relative(config: Config, path: Path) -> str:
@@ -277,6 +305,7 @@ def _double_build(
     tools: ToolImage,
     version: str,
     digest: str,
+    revision: str | None,
     options: BuildOptions,
 ) -> BuildResult:
     recipe = inputs.recipe
@@ -284,7 +313,6 @@ def _double_build(
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    revision = git_revision(config.root, [inputs.recipe_path, inputs.lockfile_path])
     image_labels = labels(inputs, SOURCE_URL, revision)
     annotations = {
         k: v for k, v in image_labels.items() if k.startswith("org.opencontainers.image.")
@@ -333,20 +361,7 @@ def _double_build(
 
     reproducible = builds[0].digest == builds[1].digest
     final_layout = out / "oci"
-    report_path = None
-    if reproducible:
-        shutil.rmtree(final_layout, ignore_errors=True)
-        Path(builds[0].oci_layout).rename(final_layout)
-        builds[0] = SandboxBuild(
-            builds[0].sandbox,
-            builds[0].digest,
-            builds[0].perturbations,
-            str(final_layout),
-            builds[0].seconds,
-        )
-    else:
-        report_path = compare_layouts_report(out, builds, inputs.platform)
-
+    report_path = None if reproducible else compare_layouts_report(out, builds, inputs.platform)
     result = BuildResult(
         recipe=recipe.name,
         recipe_path=inputs.recipe_path,
@@ -366,17 +381,27 @@ def _double_build(
         parent_digest=inputs.parent.digest if inputs.parent else None,
         report=str(report_path) if report_path else None,
         inputs_digest=digest,
+        revision=revision,
     )
     if not reproducible:
         _write_result(out, result)
-        raise NotReproducibleError(
+        raise BuildMismatchError(
             f"{recipe.name} is not reproducible: sandbox a gave {builds[0].digest}, sandbox "
-            f"b gave {builds[1].digest}. Report: {report_path}"
+            f"b gave {builds[1].digest}. Report: {report_path}",
+            result,
         )
-    _check_parent_layers(inputs, final_layout)
+
+    # Only an image that passed every check takes the place of the last accepted one.
+    candidate = Path(builds[0].oci_layout)
+    _check_single_image(inputs, candidate)
+    _check_parent_layers(inputs, candidate)
     if options.run_tests:
-        _run_tests(config, inputs, final_layout, named[0])
-    check_build_budgets(inputs, final_layout)
+        _run_tests(config, inputs, candidate, named[0])
+    check_build_budgets(inputs, candidate)
+    shutil.rmtree(final_layout, ignore_errors=True)
+    candidate.rename(final_layout)
+    accepted = dataclasses.replace(builds[0], oci_layout=str(final_layout))
+    result = dataclasses.replace(result, builds=(accepted, *builds[1:]))
     _write_result(out, result)
     shutil.rmtree(work, ignore_errors=True)
     return result
@@ -482,6 +507,19 @@ def _progress(enabled: bool) -> Progress:
         disable=not enabled,
         transient=True,
     )
+
+
+def _check_single_image(inputs: BuildInputs, layout: Path) -> None:
+    """The layout holds one image manifest and nothing else: BuildKit's own attestations
+    (which carry timestamps and invocation ids) must have stayed off."""
+    entries = json.loads((layout / "index.json").read_bytes()).get("manifests", [])
+    kinds = [entry.get("mediaType") for entry in entries]
+    if kinds != [MEDIA_MANIFEST]:
+        raise BuildError(
+            f"{inputs.recipe.name}: BuildKit wrote {kinds} to {layout}/index.json, expected "
+            "one image manifest; its provenance or SBOM attestations must be off for "
+            "comparable builds (check the buildctl options and any remote daemon's config)."
+        )
 
 
 def _check_parent_layers(inputs: BuildInputs, layout: Path) -> None:

@@ -21,6 +21,7 @@ from basekiln.errors import ExitCode, InputError, InterruptedRunError
 from basekiln.lock import LockOutcome, Mode, lock_all
 from basekiln.lockfile import lockfile_path, read_lockfile
 from basekiln.publish import Signing
+from basekiln.recipe import resolve_recipe_path
 from basekiln.results import BuildResult
 
 P = ParamSpec("P")
@@ -196,23 +197,39 @@ def render(ctx: click.Context, recipe: str, show_context: bool) -> None:
 def build(
     ctx: click.Context, recipes: tuple[str, ...], force: bool, no_tests: bool, as_json: bool
 ) -> None:
-    """Build RECIPES twice in two fresh BuildKit sandboxes and compare the digests."""
-    from basekiln.build import BuildOptions, build_recipes
+    """Build RECIPES twice in two fresh BuildKit sandboxes and compare the digests.
 
+    Parents are built first when needed; the output covers the recipes named (all of
+    them when none is), one line of JSON each with --json.
+    """
+    from basekiln.build import BuildMismatchError, BuildOptions, build_recipes
+
+    config = _config(ctx)
     options = BuildOptions(force=force, show_progress=stderr.is_terminal, run_tests=not no_tests)
-    results = build_recipes(_config(ctx), list(recipes), options)
+    named = {resolve_recipe_path(name, config.recipes_dir).stem for name in recipes}
+    try:
+        results = build_recipes(config, list(recipes), options)
+    except BuildMismatchError as exc:
+        # The verdict is a result too: print it, then exit 3 with the report's path.
+        _print_build(exc.result, as_json)
+        raise
     for result in results:
-        if as_json:
-            click.echo(json.dumps(_build_json(result)))
-            continue
-        click.echo(f"{result.recipe}: {result.digest}")
-        for b in result.builds:
-            click.echo(f"  sandbox {b.sandbox}: {b.digest} ({b.seconds:.1f}s)")
-        verdict = "reproducible" if result.reproducible else "NOT reproducible"
-        click.echo(
-            f"  verdict: {verdict}; BuildKit {result.buildkit_version}; {result.seconds:.1f}s"
-        )
-        click.echo(f"  oci layout: {result.oci_layout}")
+        if not named or result.recipe in named:
+            _print_build(result, as_json)
+
+
+def _print_build(result: BuildResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_build_json(result)))
+        return
+    click.echo(f"{result.recipe}: {result.digest}")
+    for b in result.builds:
+        click.echo(f"  sandbox {b.sandbox}: {b.digest} ({b.seconds:.1f}s)")
+    verdict = "reproducible" if result.reproducible else "NOT reproducible"
+    click.echo(f"  verdict: {verdict}; BuildKit {result.buildkit_version}; {result.seconds:.1f}s")
+    click.echo(f"  oci layout: {result.oci_layout}")
+    if result.report:
+        click.echo(f"  report: {result.report}")
 
 
 def _build_json(result: BuildResult) -> dict[str, Any]:

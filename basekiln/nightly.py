@@ -384,7 +384,11 @@ def assess(
     loaded = selection[-1]
     _, lock_path = build.check_fresh(config, loaded)
     digest = build.inputs_digest(
-        loaded.sha256, file_sha256(lock_path), parent_digest, build.buildkit_version()
+        loaded.sha256,
+        file_sha256(lock_path),
+        parent_digest,
+        build.buildkit_version(),
+        build.source_revision(config, loaded.path, lock_path),
     )
     repository = image_repository(registry, recipe)
     record = read_record(config, recipe)

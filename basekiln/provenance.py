@@ -15,6 +15,8 @@ externalParameters (what the person who started the build chose):
   recipe     {name, path, sha256}: the recipe file, path relative to the catalogue root.
   lockfile   {path, sha256}: the lockfile the build consumed, which pins every input.
   platform   the OCI platform built, e.g. `linux/amd64`.
+  revision   the git commit that last touched the recipe and lockfile, when both were
+             committed (it is also the image's `org.opencontainers.image.revision`).
 
 internalParameters (what basekiln chose; a rebuild must match them to reproduce):
   sourceDateEpoch   SOURCE_DATE_EPOCH given to BuildKit (from the lockfile).
@@ -156,7 +158,7 @@ def build_reproducibility_statement(
 
 
 def _external_parameters(result: BuildResult) -> Json:
-    return {
+    external: Json = {
         "recipe": {
             "name": result.recipe,
             "path": result.recipe_path,
@@ -165,6 +167,9 @@ def _external_parameters(result: BuildResult) -> Json:
         "lockfile": {"path": result.lockfile_path, "sha256": result.lockfile_sha256},
         "platform": result.platform,
     }
+    if result.revision:
+        external["revision"] = result.revision
+    return external
 
 
 def _statement(image: str, digest: str, predicate_type: str, predicate: Json) -> Json:

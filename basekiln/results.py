@@ -41,6 +41,7 @@ class BuildResult:
     parent_digest: str | None = None
     report: str | None = None
     inputs_digest: str = ""
+    revision: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

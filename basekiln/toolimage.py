@@ -9,15 +9,19 @@ BuildKit as a named context by digest.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from basekiln.cache import Cache
+from basekiln.cache import Cache, sha256_file
 from basekiln.deb import UnpackGuard, iter_data, open_deb
 from basekiln.errors import BuildError
 from basekiln.lockfile import LockedPackage
-from basekiln.oci import FileEntry, read_image, write_image
+from basekiln.oci import FileEntry, write_image
+
+log = logging.getLogger(__name__)
 
 TOOL_PACKAGES = ("busybox-static", "libc-bin")
 # Which files of each tool package the stage keeps: the rest needs glibc.
@@ -33,7 +37,12 @@ class ToolImage:
 def build_tool_image(
     cache: Cache, tools: list[LockedPackage], epoch: int, platform: str
 ) -> ToolImage:
-    """Write (once per set of tool packages) the tool image's OCI layout."""
+    """The tool image's OCI layout, written afresh and checked against the cached copy.
+
+    The image is rebuilt from the verified .debs on every call (two files: cheap), so a
+    cached layout altered after it was written is caught and replaced rather than passed
+    to BuildKit; the cached copy is kept only so that concurrent builds share one path.
+    """
     names = {t.name for t in tools}
     missing = [n for n in TOOL_PACKAGES if n not in names]
     if missing:
@@ -45,15 +54,25 @@ def build_tool_image(
     ).hexdigest()
     layout = cache.root / "tool-images" / key
     with cache.entry_lock(f"tool-image-{key}"):
-        if not (layout / "index.json").is_file():
-            _write_tool_image(cache, tools, epoch, platform, layout)
-    return ToolImage(layout, read_image(layout, platform).digest)
+        staging = layout.with_name(f"{key}.{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            digest = _write_tool_image(cache, tools, epoch, platform, staging)
+            if _same_layout(staging, layout):
+                return ToolImage(layout, digest)
+            if layout.exists():
+                log.warning("tool image %s differed from its inputs; replaced it", layout)
+                shutil.rmtree(layout)
+            staging.rename(layout)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return ToolImage(layout, digest)
 
 
 def _write_tool_image(
     cache: Cache, tools: list[LockedPackage], epoch: int, platform: str, layout: Path
-) -> None:
-
+) -> str:
     entries = [
         FileEntry("bin", kind="dir", mode=0o755),
         FileEntry("sbin", kind="dir", mode=0o755),
@@ -61,23 +80,39 @@ def _write_tool_image(
     ]
     for tool in sorted(tools, key=lambda t: t.name):
         entries.extend(_tool_entries(cache, tool))
-    staging = layout.with_name(layout.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write_image(
-        staging,
+    descriptor = write_image(
+        layout,
         [entries],
         config={"config": {"Env": ["PATH=/bin:/sbin"]}},
         mtime=epoch,
         platform=platform,
     )
-    shutil.rmtree(layout, ignore_errors=True)
-    staging.rename(layout)
+    return descriptor.digest
+
+
+def _same_layout(fresh: Path, cached: Path) -> bool:
+    """Whether `cached` holds byte for byte what BuildKit would read from `fresh`."""
+    index = cached / "index.json"
+    if not index.is_file() or index.read_bytes() != (fresh / "index.json").read_bytes():
+        return False
+    for blob in (fresh / "blobs" / "sha256").iterdir():
+        twin = cached / "blobs" / "sha256" / blob.name
+        if not twin.is_file() or sha256_file(twin) != blob.name:
+            return False
+    return True
 
 
 def _tool_entries(cache: Cache, tool: LockedPackage) -> list[FileEntry]:
     keep = TOOL_FILES.get(tool.name, ())
-    deb = open_deb(cache.path(tool.sha256), f"{tool.name} {tool.version}")
+    path = cache.path(tool.sha256)
+    actual = sha256_file(path) if path.is_file() else "missing"
+    if actual != tool.sha256:
+        raise BuildError(
+            f"cache entry {path} for build tool {tool.name} {tool.version} was altered after "
+            f"fetch: sha256 is {actual}, the lockfile pins {tool.sha256}. Delete the entry "
+            "and run `basekiln fetch` again."
+        )
+    deb = open_deb(path, f"{tool.name} {tool.version}")
     members = list(iter_data(deb))
     UnpackGuard().check(tool.name, [m for m, _ in members])
     found = []

@@ -185,9 +185,11 @@ def test_double_build_is_reproducible_tested_and_isolated(build_project: Project
         assert first[key] != second[key] or (key == "cpus" and os.cpu_count() == 1), key
     image = read_image(Path(result["oci_layout"]))
     assert image.digest == result["digest"]
-    assert (
-        len(json.loads((Path(result["oci_layout"]) / "index.json").read_text())["manifests"]) == 1
-    ), "BuildKit attestations must be off"
+    # With BuildKit's attestations on, index.json would hold one nested index (the image
+    # plus attestation manifests) instead of the image manifest itself.
+    entries = json.loads((Path(result["oci_layout"]) / "index.json").read_text())["manifests"]
+    assert [e["mediaType"] for e in entries] == ["application/vnd.oci.image.manifest.v1+json"]
+    assert entries[0]["digest"] == result["digest"]
     labels = image.config["config"]["Labels"]
     assert labels["org.opencontainers.image.title"] == "tiny"
     assert labels["org.opencontainers.image.created"] == "2024-06-01T10:00:00Z"
@@ -210,9 +212,10 @@ def test_child_keeps_its_parents_layers_byte_for_byte(build_project: Project) ->
     assert run_basekiln(build_project, "lock").returncode == 0
     built = run_basekiln(build_project, "build", "child", "--json")
     assert built.returncode == 0, built.stderr
-    results = {r["recipe"]: r for r in map(json.loads, built.stdout.splitlines())}
-    parent = read_image(Path(results["tiny"]["oci_layout"]))
-    child = read_image(Path(results["child"]["oci_layout"]))
+    (line,) = built.stdout.splitlines()  # one object, for the recipe named
+    parent_result = json.loads((build_project.root / "out" / "tiny" / "build.json").read_text())
+    parent = read_image(Path(parent_result["oci_layout"]))
+    child = read_image(Path(json.loads(line)["oci_layout"]))
     assert [layer.digest for layer in child.layers[: len(parent.layers)]] == [
         layer.digest for layer in parent.layers
     ]
@@ -233,14 +236,19 @@ def test_non_reproducible_recipe_exits_3_with_a_report_naming_the_file(
     built = lock_and_build(build_project, "drifting")
     assert built.returncode == 3, built.stderr
     assert "not reproducible" in built.stderr
-    result = json.loads((build_project.root / "out" / "drifting" / "build.json").read_text())
+    result = json.loads(built.stdout)  # the verdict is printed even when it is a failure
     assert result["reproducible"] is False
+    assert result["builds"][0]["digest"] != result["builds"][1]["digest"]
+    recorded = json.loads((build_project.root / "out" / "drifting" / "build.json").read_text())
+    assert (result["digest"], result["report"]) == (recorded["digest"], recorded["report"])
     report_path = Path(result["report"])
     assert str(report_path) in built.stderr
     report = json.loads(report_path.read_text())
     text = report_path.with_suffix(".txt").read_text()
     assert "etc/build-time" in json.dumps(report)
     assert "etc/build-time" in text
+    assert "random data" in text
+    assert not (build_project.root / "out" / "drifting" / "oci").exists()
 
 
 def test_the_second_sandbox_is_perturbed_inside_the_build_step(build_project: Project) -> None:
@@ -291,6 +299,63 @@ def test_cache_entry_altered_after_fetch_is_refused(build_project: Project) -> N
     assert "altered after fetch" in built.stderr and base_files["sha256"] in built.stderr
 
 
+def test_tool_packages_and_the_tool_image_are_checked_before_use(
+    build_project: Project,
+) -> None:
+    first = json.loads(lock_and_build(build_project, "tiny").stdout)
+    # A blob of the cached tool image altered: the image is written again from the
+    # verified packages and the build gives the same digest.
+    (tool_layout,) = (build_project.cache / "tool-images").iterdir()
+    layer = max((tool_layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    layer.write_bytes(layer.read_bytes() + b"tampered")
+    again = run_basekiln(build_project, "build", "tiny", "--json", "--force")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["digest"] == first["digest"]
+    assert "differed from its inputs" in again.stderr
+    # A tool .deb altered in the cache is refused, naming it and both hashes.
+    busybox = next(
+        p for p in build_project.lock_data("tiny")["tools"] if p["name"] == "busybox-static"
+    )
+    entry = build_project.cache / "sha256" / busybox["sha256"]
+    entry.chmod(0o644)
+    entry.write_bytes(entry.read_bytes() + b"tampered")
+    refused = run_basekiln(build_project, "build", "tiny", "--force")
+    assert refused.returncode == 1
+    assert "build tool busybox-static" in refused.stderr and "altered after fetch" in refused.stderr
+    assert busybox["sha256"] in refused.stderr
+
+
+def test_the_source_revision_is_labelled_and_is_an_input(build_project: Project) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(build_project.root), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={
+                **os.environ,
+                "GIT_AUTHOR_NAME": "t",
+                "GIT_AUTHOR_EMAIL": "t@t.invalid",
+                "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@t.invalid",
+            },
+        ).stdout.strip()
+
+    git("init", "-q")
+    uncommitted = json.loads(lock_and_build(build_project, "tiny").stdout)
+    labels = read_image(Path(uncommitted["oci_layout"])).config["config"]["Labels"]
+    assert "org.opencontainers.image.revision" not in labels
+    git("add", "recipes", "lockfiles")
+    git("commit", "-qm", "tiny")
+    committed = run_basekiln(build_project, "build", "tiny", "--json")
+    assert committed.returncode == 0, committed.stderr
+    result = json.loads(committed.stdout)
+    # Not a reuse of the uncommitted build: the label changes the image's bytes.
+    assert result["digest"] != uncommitted["digest"] and result["reproducible"] is True
+    labels = read_image(Path(result["oci_layout"])).config["config"]["Labels"]
+    assert labels["org.opencontainers.image.revision"] == git("rev-parse", "HEAD")
+
+
 class _Probe(http.server.BaseHTTPRequestHandler):
     hits: ClassVar[list[str]] = []
 
@@ -335,6 +400,8 @@ def test_a_step_reaching_the_network_fails(build_project: Project) -> None:
         server.server_close()
     assert built.returncode == 1
     assert "assemble.sh" in built.stderr and "did not complete successfully" in built.stderr
+    # The step ran and was refused a route, rather than failing for some other reason.
+    assert "Network is unreachable" in built.stderr
     assert _Probe.hits == []
 
 
@@ -344,6 +411,9 @@ def test_failing_image_test_names_the_test_and_its_output(build_project: Project
     assert built.returncode == 1
     assert "busybox runs as nonroot" in built.stderr
     assert "65532" in built.stderr
+    # An image that failed its tests is not left where an accepted one would be.
+    assert not (build_project.root / "out" / "tiny" / "oci").exists()
+    assert not (build_project.root / "out" / "tiny" / "build.json").exists()
 
 
 @pytest.mark.parametrize(
