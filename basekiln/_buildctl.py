@@ -73,6 +73,8 @@ def build_argv(
         "plain",
         "--frontend",
         "dockerfile.v0",
+        # A fresh local sandbox has no cache anyway; a remote daemon's must not be used.
+        "--no-cache",
         "--local",
         f"context={context}",
         "--local",

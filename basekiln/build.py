@@ -39,7 +39,13 @@ from basekiln.cache import Cache
 from basekiln.catalogue import load_selection
 from basekiln.compare import compare_layouts_report
 from basekiln.config import Config
-from basekiln.errors import BuildError, InputError, LockfileError, NotReproducibleError
+from basekiln.errors import (
+    BuildError,
+    InputError,
+    LockfileError,
+    NotReproducibleError,
+    ToolError,
+)
 from basekiln.fetch import fetch
 from basekiln.imagetest import raise_on_failures, run_command_tests, run_static_tests
 from basekiln.lock import platform_of
@@ -86,11 +92,36 @@ def out_dir(config: Config, recipe: str) -> Path:
     return config.root / "out" / recipe
 
 
-def buildkit_version() -> str:
-    from basekiln._run import run
+def buildkit_version(config: Config) -> str:
+    """The BuildKit version the builds run: the local binary's, or the remote daemons'.
 
-    text = run(["buildkitd", "--version"], timeout=30).stdout.decode()
-    return text.split()[2] if len(text.split()) > 2 else text.strip()
+    Digests may differ across BuildKit versions, so two remote daemons on different
+    versions cannot make a meaningful pair and are refused.
+    """
+    endpoints = config.file.buildkit.endpoints
+    if not endpoints:
+        from basekiln._run import run
+
+        text = run(["buildkitd", "--version"], timeout=30).stdout.decode()
+        return text.split()[2] if len(text.split()) > 2 else text.strip()
+    settings = config.file.buildkit
+    versions = {}
+    for address in endpoints[:2]:
+        endpoint = _buildctl.Endpoint(address, settings.tls_ca, settings.tls_cert, settings.tls_key)
+        try:
+            versions[address] = _buildctl.server_version(endpoint)
+        except ToolError as exc:
+            raise BuildError(
+                f"remote BuildKit daemon {address} does not answer ({exc.message.strip()}). "
+                "Check that it runs, and basekiln.toml's [buildkit] endpoints and, for "
+                "tcp://, tls_ca, tls_cert and tls_key."
+            ) from exc
+    if len(set(versions.values())) > 1:
+        raise BuildError(
+            f"basekiln.toml: [buildkit] endpoints run different BuildKit versions {versions}; "
+            "digests may differ across versions, so point both at daemons of one version"
+        )
+    return next(iter(versions.values()))
 
 
 def build_recipes(config: Config, names: list[str], options: BuildOptions) -> list[BuildResult]:
@@ -272,7 +303,7 @@ def build_one(
             raise BuildError(f"{recipe.name}: its parent {recipe.parent} has no build result")
         parent = ParentImage(recipe.parent, Path(parent_result.oci_layout), parent_result.digest)
     inputs = _build_inputs(config, loaded, selection, parent)
-    version = buildkit_version()
+    version = buildkit_version(config)
     revision = source_revision(config, inputs.recipe_path, inputs.lockfile_path)
     digest = inputs_digest(
         loaded.sha256, inputs.lockfile_sha256, parent.digest if parent else None, version, revision
@@ -456,7 +487,7 @@ def _build_in_sandbox(
     return SandboxBuild(
         sandbox=sandbox.describes,
         digest=image.digest,
-        perturbations=perturbation.describe(context),
+        perturbations=perturbation.describe(context, local=sandbox.state_dir is not None),
         oci_layout=str(output),
         seconds=round(time.monotonic() - clock, 2),
     )

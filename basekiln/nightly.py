@@ -387,7 +387,7 @@ def assess(
         loaded.sha256,
         file_sha256(lock_path),
         parent_digest,
-        build.buildkit_version(),
+        build.buildkit_version(config),
         build.source_revision(config, loaded.path, lock_path),
     )
     repository = image_repository(registry, recipe)

@@ -51,14 +51,16 @@ class Perturbation:
     hostname: str
     cpus: int | None  # None: every CPU of the machine
 
-    def describe(self, build_dir: Path) -> dict[str, str]:
+    def describe(self, build_dir: Path, local: bool = True) -> dict[str, str]:
+        """What the build ran under; a remote daemon keeps its own CPUs."""
+        cpus = str(self.cpus) if self.cpus else str(os.cpu_count() or 1)
         return {
             "tz": self.tz,
             "locale": self.locale,
             "umask": f"{self.umask:04o}",
             "hostname": self.hostname,
             "build_dir": str(build_dir),
-            "cpus": str(self.cpus) if self.cpus else str(os.cpu_count() or 1),
+            "cpus": cpus if local else "the remote daemon's own",
         }
 
 

@@ -7,6 +7,7 @@ stage needs them to run) beside packages made for each case.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -496,6 +497,99 @@ def test_remote_daemons_must_be_two_and_are_used(build_project: Project, tmp_pat
     result = json.loads(built.stdout)
     assert [b["sandbox"] for b in result["builds"]] == [one.endpoint.address, two.endpoint.address]
     assert result["reproducible"] is True
+
+
+def _tls_files(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {n: folder / n for n in ("ca.crt", "ca.key", "server.crt", "server.key")}
+    files |= {"client.crt": folder / "client.crt", "client.key": folder / "client.key"}
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", *curve, "-keyout", str(files["ca.key"]), "-out",
+            str(files["ca.crt"]), "-days", "2", "-subj", "/CN=test buildkit CA",
+            "-addext", "basicConstraints=critical,CA:TRUE")  # fmt: skip
+    for role, usage, san in (
+        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"),
+        ("client", "clientAuth", ""),
+    ):
+        csr = folder / f"{role}.csr"
+        openssl("req", *curve, "-keyout", str(files[f"{role}.key"]), "-out", str(csr),
+                "-subj", f"/CN={role}")  # fmt: skip
+        ext = folder / f"{role}.ext"
+        ext.write_text(f"extendedKeyUsage={usage}\n{san}")
+        openssl("x509", "-req", "-in", str(csr), "-CA", str(files["ca.crt"]), "-CAkey",
+                str(files["ca.key"]), "-CAcreateserial", "-out", str(files[f"{role}.crt"]),
+                "-days", "2", "-extfile", str(ext))  # fmt: skip
+    return files
+
+
+@contextlib.contextmanager
+def _tls_daemon(folder: Path, tls: dict[str, Path]) -> Iterator[str]:
+    """A buildkitd someone else runs: TCP on loopback, mutual TLS."""
+    from basekiln._buildctl import Endpoint, ping
+    from basekiln._run import which
+    from basekiln.errors import ToolError
+    from basekiln.sandbox import detach_mounts
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    folder.mkdir(parents=True)
+    daemon = subprocess.Popen(
+        [str(which("buildkitd")), "--root", str(folder / "root"), "--addr", address,
+         "--tlscert", str(tls["server.crt"]), "--tlskey", str(tls["server.key"]),
+         "--tlscacert", str(tls["ca.crt"]), "--otel-socket-path", str(folder / "otel.sock"),
+         "--oci-worker=true", "--containerd-worker=false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        endpoint = Endpoint(address, *(str(tls[n]) for n in ("ca.crt", "client.crt", "client.key")))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ping(endpoint, timeout=5)
+                break
+            except ToolError:
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield address
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=60)
+        detach_mounts(folder)
+
+
+def test_remote_daemons_over_tcp_with_tls(build_project: Project, tmp_path: Path) -> None:
+    assert run_basekiln(build_project, "lock", "tiny").returncode == 0
+    tls = _tls_files(tmp_path / "tls")
+    config = build_project.root / "basekiln.toml"
+    plain = config.read_text()
+    with _tls_daemon(tmp_path / "d1", tls) as one, _tls_daemon(tmp_path / "d2", tls) as two:
+        # Without the client certificate the daemons refuse, and the error says which.
+        config.write_text(plain + f'\n[buildkit]\nendpoints = ["{one}", "{two}"]\n')
+        refused = run_basekiln(build_project, "build", "tiny")
+        assert refused.returncode == 1
+        assert f"remote BuildKit daemon {one} does not answer" in refused.stderr
+        assert "tls_cert" in refused.stderr
+
+        config.write_text(
+            plain + f'\n[buildkit]\nendpoints = ["{one}", "{two}"]\n'
+            f'tls_ca = "{tls["ca.crt"]}"\ntls_cert = "{tls["client.crt"]}"\n'
+            f'tls_key = "{tls["client.key"]}"\n'
+        )
+        built = run_basekiln(build_project, "build", "tiny", "--json")
+    assert built.returncode == 0, built.stderr
+    result = json.loads(built.stdout)
+    assert [b["sandbox"] for b in result["builds"]] == [one, two]
+    assert result["reproducible"] is True
+    assert result["buildkit_version"] == "v0.34.2"  # as the daemons report it
+    assert result["builds"][1]["perturbations"]["cpus"] == "the remote daemon's own"
 
 
 def test_stopping_one_double_build_leaves_other_sandboxes_running(tmp_path: Path) -> None:
