@@ -109,8 +109,17 @@ def _csv_quote(field: str) -> str:
     return field
 
 
-def build(argv: list[str], timeout: float, on_line: Callable[[str], None]) -> str:
-    """Run a build; return its full log. Failures carry the log's tail."""
+def build(
+    argv: list[str],
+    timeout: float,
+    on_line: Callable[[str], None],
+    log_path: Path | None = None,
+) -> None:
+    """Run a build, keeping its whole log in `log_path` (if given), whatever the outcome.
+
+    A failure is reported as the step that failed and what it printed, not as the
+    whole log: that stays in the file the message names.
+    """
     lines: list[str] = []
 
     def collect(line: str) -> None:
@@ -120,8 +129,51 @@ def build(argv: list[str], timeout: float, on_line: Callable[[str], None]) -> st
     try:
         run_streaming(argv, timeout=timeout, on_line=collect)
     except CommandError as exc:
-        raise BuildError(f"the build failed: {exc.message}") from exc
-    return "\n".join(lines)
+        _write_log(log_path, lines)
+        summary = failure_summary(lines)
+        if summary is None:
+            raise BuildError(f"the build failed: {exc.message}") from exc
+        where = f"\nThe whole log: {log_path}" if log_path else ""
+        raise BuildError(f"the build failed {summary}{where}") from exc
+    _write_log(log_path, lines)
+
+
+def _write_log(path: Path | None, lines: list[str]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+_FAILED_STEP = re.compile(r"^ > (\[[^\]]+\])")
+_OUTPUT_TIME = re.compile(r"^\d+\.\d+ ")
+_STEP_ERROR = re.compile(r"^#\d+ ERROR: (.*)$")
+
+
+def failure_summary(lines: list[str]) -> str | None:
+    """`at STEP: output... error` from buildctl's plain progress (pure), if it has one.
+
+    BuildKit closes a failed run with the step's name and the last lines it printed
+    between two `------` rules; the `#N ERROR:` line says how it ended.
+    """
+    step, output, error = None, [], None
+    inside = False
+    for line in lines:
+        if inside:
+            if line.startswith("------"):
+                inside = False
+                continue
+            output.append(_OUTPUT_TIME.sub("", line))
+        elif match := _FAILED_STEP.match(line):
+            step, output, inside = match.group(1), [], True
+        elif match := _STEP_ERROR.match(line):
+            error = match.group(1)
+        elif line.startswith("error: failed to solve: ") and error is None:
+            error = line.removeprefix("error: failed to solve: ")
+    if step is None and error is None:
+        return None
+    said = "".join(f"\n  {text}" for text in output[-15:])
+    return f"at {step or 'solve'}:{said}\n  {error or 'no error line'}"
 
 
 def step_started(line: str) -> str | None:

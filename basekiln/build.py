@@ -525,8 +525,7 @@ def _run_build(
         if step:
             status(f"{inputs.recipe.name} [{sandbox.name}] {step[:70]}")
 
-    log_text = _buildctl.build(argv, timeout, on_line)
-    (output.parent / "build.log").write_text(log_text)
+    _buildctl.build(argv, timeout, on_line, output.parent / "build.log")
 
 
 def _progress(enabled: bool) -> Progress:

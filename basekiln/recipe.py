@@ -7,6 +7,7 @@ because a maintainer fixing a recipe should not have to run the tool once per ty
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,25 @@ class PackageSpec(_Strict):
 
     name: str = Field(pattern=PACKAGE_PATTERN)
     dependencies: bool = True
-    paths: list[str] | None = None
+    paths: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("paths")
+    @classmethod
+    def _paths_inside_the_package(cls, value: list[str] | None) -> list[str] | None:
+        # Copied out of the unpacked package by the build: a path that is not absolute
+        # and normalised could name something outside it.
+        bad = [
+            path
+            for path in value or []
+            if not path.startswith("/") or posixpath.normpath(path) != path or path == "/"
+        ]
+        if bad:
+            raise ValueError(
+                f"{', '.join(map(repr, bad))}: each must be an absolute, normalised path "
+                "inside the package (like /usr/share/ca-certificates), without '..', '.' "
+                "or a trailing '/'"
+            )
+        return value
 
 
 class User(_Strict):

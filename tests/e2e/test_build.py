@@ -357,6 +357,32 @@ def test_the_source_revision_is_labelled_and_is_an_input(build_project: Project)
     assert labels["org.opencontainers.image.revision"] == git("rev-parse", "HEAD")
 
 
+def test_a_package_can_give_only_some_of_its_paths(build_project: Project) -> None:
+    recipe = (
+        "name: some\n" + SOURCES + "packages:\n"
+        "  - {name: base-files, dependencies: false}\n"
+        "  - {name: extra-data, dependencies: false, paths: [/usr/share/extra-data]}\n"
+        "tests:\n  files:\n"
+        "    - {name: the path taken, path: /usr/share/extra-data/payload}\n"
+        "    - {name: the rest left, path: /usr/share/doc/extra-data, present: false}\n"
+        "    - {name: still listed for scanners, path: /var/lib/dpkg/status.d/extra-data}\n"
+    )
+    build_project.write_recipe("some", recipe)
+    built = lock_and_build(build_project, "some")
+    assert built.returncode == 0, built.stderr
+    assert "extra-data" in [p["name"] for p in build_project.lock_data("some")["packages"]]
+
+    build_project.write_recipe(
+        "some", recipe.replace("paths: [/usr/share/extra-data]", "paths: [/opt/absent]")
+    )
+    missing = lock_and_build(build_project, "some")
+    assert missing.returncode == 1
+    assert "the build failed at [assemble 1/2]:" in missing.stderr
+    assert "package extra-data has no path opt/absent" in missing.stderr
+    assert "buildctl --addr" not in missing.stderr  # the step's words, not the whole log
+    assert "The whole log: " in missing.stderr
+
+
 class _Probe(http.server.BaseHTTPRequestHandler):
     hits: ClassVar[list[str]] = []
 

@@ -163,3 +163,25 @@ def test_recipe_paths_and_names(tmp_path: Path) -> None:
         resolve_recipe_path("statik", tmp_path)
     with pytest.raises(InputError, match="no such recipe file"):
         resolve_recipe_path(str(tmp_path / "gone.yaml"), tmp_path)
+
+
+def test_package_paths_must_stay_inside_the_package(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "certs",
+        """\
+        name: certs
+        packages:
+          - {name: ca-certificates, dependencies: false, paths: [/usr/share/ca-certificates]}
+          - {name: tzdata, paths: [../../etc/shadow]}
+          - {name: netbase, paths: [etc/services, /etc/../root]}
+          - {name: media-types, paths: []}
+        """,
+    )
+    problems = problems_of(path)
+    assert len(problems) == 3, problems
+    assert problems[0].startswith(f"{path}:4: packages[1].paths: ")
+    assert "'../../etc/shadow': each must be an absolute, normalised path" in problems[0]
+    assert problems[1].startswith(f"{path}:5: packages[2].paths: ")
+    assert "'etc/services', '/etc/../root': each must" in problems[1]
+    assert problems[2].startswith(f"{path}:6: packages[3].paths: ")
