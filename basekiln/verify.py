@@ -138,9 +138,19 @@ def _matches_repository(config: Config, statements: list[dict[str, Any]], target
 
 
 def _rebuild(config: Config, statement: dict[str, Any], target: Reference) -> str:
-    from basekiln.build import BuildOptions, build_recipes
+    from basekiln.build import BuildOptions, build_recipes, source_revision
 
-    name = _recipe_of(statement)["name"]
+    recipe = _recipe_of(statement)
+    name = recipe["name"]
+    recorded = statement["predicate"]["buildDefinition"]["externalParameters"].get("revision")
+    here = source_revision(config, recipe["path"], lockfile_path(config.lockfiles_dir, name))
+    if recorded != here:
+        # The revision is in the image's labels: another one cannot give the same digest.
+        raise VerificationError(
+            f"{target} was built at revision {recorded or '(uncommitted files)'}, this "
+            f"repository's {recipe['path']} and its lockfile are at "
+            f"{here or '(uncommitted changes)'}; check out the image's revision and rebuild"
+        )
     results = build_recipes(config, [name], BuildOptions(force=True, show_progress=False))
     rebuilt = next(r for r in results if r.recipe == name)
     if rebuilt.digest != target.digest:

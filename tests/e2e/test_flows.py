@@ -26,6 +26,7 @@ import pytest
 
 from basekiln import _cosign
 from basekiln._registry_server import LocalRegistry
+from basekiln._run import which
 from basekiln.config import load_config
 from basekiln.lockfile import read_lockfile
 from basekiln.nightly import read_record
@@ -228,6 +229,65 @@ def test_two_runs_at_once_take_turns_and_agree(published: Catalogue) -> None:
 
     markdown = Path(first["files"]["markdown"]).read_text()
     assert "| tiny | published |" in markdown and "| child | published |" in markdown
+
+
+def test_a_published_image_is_accepted_from_outside(published: Catalogue) -> None:
+    """What a consumer runs, with none of basekiln's code: stock cosign and syft."""
+    from tests.e2e.test_publish_e2e import stock_cosign
+
+    record = read_record(load_config(published.root), "child")
+    assert record is not None
+    public = str(published.keys.public_key)
+    assert stock_cosign("verify", f"--key={public}", record.image).returncode == 0
+    for kind in ("slsaprovenance1", "spdxjson"):
+        done = stock_cosign("verify-attestation", f"--key={public}", f"--type={kind}", record.image)
+        assert done.returncode == 0, done.stderr
+
+    syft = which("syft")
+    assert syft is not None
+    scanned = subprocess.run(
+        [syft, "scan", f"registry:{record.image}", "-o", "syft-json", "-q"],
+        capture_output=True, text=True, timeout=300, check=True,
+        env={**os.environ, "SYFT_REGISTRY_INSECURE_USE_HTTP": "true",
+             "SYFT_CHECK_FOR_APP_UPDATE": "false"},
+    )  # fmt: skip
+    found = {
+        (a["name"], a["version"])
+        for a in json.loads(scanned.stdout)["artifacts"]
+        if a["type"] == "deb"
+    }
+    locked = {
+        (p.name, p.version)
+        for name in ("tiny", "child")
+        for p in read_lockfile(published.project.lockfile(name)).packages
+    }
+    assert found == locked
+
+
+def test_verify_checks_this_repository_and_rebuilds(
+    published: Catalogue, prefect_server: tuple[str, Path]
+) -> None:
+    record = read_record(load_config(published.root), "child")
+    assert record is not None
+    key = f"--key={published.keys.public_key}"
+    done = invoke(published, prefect_server, "verify", record.image, key, "--rebuild", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["rebuild reproduces the digest"]["passed"] is True
+    assert checks["provenance matches this repository"]["passed"] is True
+
+    recipe = published.project.recipes / "child.yaml"
+    original = recipe.read_text()
+    recipe.write_text(original + "# edited after publishing\n")
+    try:
+        edited = invoke(published, prefect_server, "verify", record.image, key, "--json")
+    finally:
+        recipe.write_text(original)
+    assert edited.returncode == 4
+    checks = {c["name"]: c for c in json.loads(edited.stdout)["checks"]}
+    assert checks["provenance matches this repository"]["passed"] is False
+    assert "recipe" in checks["provenance matches this repository"]["detail"]
+    assert checks["signature"]["passed"] is True
 
 
 def test_nothing_changed_so_nothing_is_rebuilt(
