@@ -662,9 +662,10 @@ def sign_and_publish(
     repository: str,
     signing: Signing,
     ca_bundle: Path | None = None,
+    evidence: Evidence | None = None,
 ) -> PublishResult:
-    """Sign, attest, verify, then tag (`publish.publish`)."""
-    return publish(config, result, repository, signing, ca_bundle=ca_bundle)
+    """Sign, attest, verify, then tag (`publish.publish`), with evidence made earlier."""
+    return publish(config, result, repository, signing, ca_bundle=ca_bundle, evidence=evidence)
 
 
 def record_publication(

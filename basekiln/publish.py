@@ -141,15 +141,19 @@ def publish(
     signing: Signing,
     ca_bundle: Path | None = None,
     today: datetime | None = None,
+    evidence: Evidence | None = None,
 ) -> PublishResult:
-    """Push, sign, attest and verify `result`'s image, then set its tags."""
+    """Push, sign, attest and verify `result`'s image, then set its tags.
+
+    `evidence` already produced for this result (a flow's earlier step) is used as it
+    is; otherwise it is produced here, and only when the image needs signing.
+    """
     repo = repository_reference(repository)
     target = repo.by_digest(result.digest)
     endpoint = registry_endpoint(repo, ca_bundle)
     tags = release_tags(result.recipe, result.digest, today)
     _cosign.check_signer(signing.signer)
     seconds: dict[str, float] = {}
-    evidence: Evidence | None = None
 
     with RegistryClient(endpoint) as client:
         with _timed(seconds, "check"):
@@ -157,8 +161,9 @@ def publish(
         reused = state.signed and state.attested
         if reused:  # the check above just verified all of it
             log.info("%s already carries a valid signature and attestations", target)
+            evidence = None
         else:
-            evidence = produce_evidence(config, result, repo.name)
+            evidence = evidence or produce_evidence(config, result, repo.name)
             seconds.update(evidence.seconds)
             _push_and_sign(client, target, result, signing, evidence, state, seconds)
             with _timed(seconds, "verify"):

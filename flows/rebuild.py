@@ -20,6 +20,7 @@ from prefect.client.schemas.objects import State, TaskRun
 
 from basekiln import nightly
 from basekiln.config import Config, load_config
+from basekiln.evidence import Evidence
 from basekiln.publish import PublishResult, Signing
 from basekiln.results import BuildResult
 
@@ -73,9 +74,9 @@ def test_image(config: Config, recipe: str, result: BuildResult) -> int:
 
 
 @task(name="sbom-and-provenance", cache_policy=NO_CACHE)
-def evidence(config: Config, result: BuildResult, repository: str) -> str:
+def evidence(config: Config, result: BuildResult, repository: str) -> Evidence:
     _begin(result.recipe, "sbom and provenance")
-    return str(nightly.make_evidence(config, result, repository).folder)
+    return nightly.make_evidence(config, result, repository)
 
 
 @task(
@@ -92,10 +93,15 @@ def push(config: Config, result: BuildResult, repository: str, ca: Path | None) 
 
 @task(name="sign-and-publish", cache_policy=NO_CACHE)
 def sign_and_publish(
-    config: Config, result: BuildResult, repository: str, signing: Signing, ca: Path | None
+    config: Config,
+    result: BuildResult,
+    repository: str,
+    signing: Signing,
+    ca: Path | None,
+    made: Evidence | None,
 ) -> PublishResult:
     _begin(result.recipe, "sign and publish")
-    return nightly.sign_and_publish(config, result, repository, signing, ca)
+    return nightly.sign_and_publish(config, result, repository, signing, ca, made)
 
 
 @task(name="record", cache_policy=NO_CACHE)
@@ -140,10 +146,11 @@ def rebuild(
         force = force or expect_digest is not None
         result = double_build(config, recipe, force, expect_digest, show_progress)
         test_image(config, recipe, result)
+        made = None
         if expect_digest is None:
-            evidence(config, result, repository)
+            made = evidence(config, result, repository)
             push(config, result, repository, ca_bundle)
-        published = sign_and_publish(config, result, repository, signing, ca_bundle)
+        published = sign_and_publish(config, result, repository, signing, ca_bundle, made)
         kept = record(config, result, published, repository)
     return {
         "recipe": recipe,
