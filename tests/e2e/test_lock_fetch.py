@@ -598,6 +598,36 @@ def test_a_deb_with_other_bytes_is_refused(
     locked.assert_no_leftovers()
 
 
+def test_a_package_gone_from_every_mirror_names_each_url_tried(
+    locked: Project, archive: ArchiveTree, server: ArchiveServer, tmp_path: Path
+) -> None:
+    deb = archive.deb_file("bookworm", "netbase")
+    digest = sha256_file(deb)
+    deb.unlink()  # gone from the archive the lockfile was made against
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    with ArchiveServer(empty) as extra:
+        # A mirror named only in basekiln.toml is tried after the lockfile's own.
+        config = locked.root / "basekiln.toml"
+        ours = json.dumps([f"{server.url}/debian"])
+        assert ours in config.read_text()
+        config.write_text(
+            config.read_text().replace(
+                ours, json.dumps([f"{server.url}/debian", f"{extra.url}/debian"])
+            )
+        )
+        result = locked.cli("fetch", "static")
+    assert result.exit_code == 1, result.output
+    assert "netbase" in result.output and "could not be fetched from any mirror" in result.output
+    filename = archive.url_path(deb).removeprefix("/debian/")
+    for mirror in (server.url, extra.url):
+        assert f"{mirror}/debian/{filename}" in result.output
+    assert "404" in result.output
+    assert "`basekiln lock --update`" in result.output
+    assert digest not in locked.cached()
+    locked.assert_no_leftovers()
+
+
 def test_fetch_needs_a_lockfile(project: Project, server: ArchiveServer) -> None:
     result = project.cli("fetch", "static")
     assert result.exit_code == 2
