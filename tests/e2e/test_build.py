@@ -22,14 +22,19 @@ from typing import ClassVar
 
 import pytest
 
+from basekiln import _cosign
+from basekiln._registry_server import LocalRegistry
 from basekiln.oci import read_image
+from basekiln.registry import parse_reference
 from basekiln.sandbox import PLAIN, local_sandbox, mounts_under
 from tests.conftest import BASEKILN, Project, write_project
 from tests.fixtures.archive import ArchiveTree, Deb, SigningKey, Suite
 from tests.fixtures.buildarchive import CraftedDeb, Member, real_tool_debs
 from tests.fixtures.httpserver import ArchiveServer
+from tests.fixtures.registry import KEY_PASSWORD, client, cosign_keys, plain_registry
 
 pytestmark = pytest.mark.slow
+__all__ = ["cosign_keys", "plain_registry"]
 
 DATE = "Sat, 01 Jun 2024 10:00:00 UTC"
 SOURCES = "sources: [{archive: debian, suite: bookworm}]\n"
@@ -381,6 +386,49 @@ def test_a_package_can_give_only_some_of_its_paths(build_project: Project) -> No
     assert "package extra-data has no path opt/absent" in missing.stderr
     assert "buildctl --addr" not in missing.stderr  # the step's words, not the whole log
     assert "The whole log: " in missing.stderr
+
+
+def test_a_build_over_budget_fails_saying_by_how_much(build_project: Project) -> None:
+    build_project.write_recipe(
+        "tiny",
+        TINY.replace(
+            "budgets: {allow_shell: true}", "budgets: {allow_shell: true, max_packages: 1}"
+        ),
+    )
+    built = lock_and_build(build_project, "tiny")
+    assert built.returncode == 1
+    assert "tiny: over budget" in built.stderr
+    assert "packages is 2 packages, over max_packages (1) by 1 packages" in built.stderr
+    assert not (build_project.root / "out" / "tiny" / "oci").exists()
+
+
+def test_an_unlocked_package_slipped_in_by_a_step_stops_publishing(
+    build_project: Project, plain_registry: LocalRegistry, cosign_keys: _cosign.KeyPair
+) -> None:
+    # A step that registers a package nobody locked: what a dependency swapped during
+    # the build would look like to a scanner.
+    build_project.write_recipe(
+        "swapped",
+        "name: swapped\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
+        "steps:\n"
+        "  - |\n"
+        "    printf 'Package: sneaky\\nStatus: install ok installed\\nVersion: 6.6-6\\n"
+        'Architecture: amd64\\n\' > "$root/var/lib/dpkg/status.d/sneaky"\n'
+        # This archive's base-files is a stand-in without it; syft needs it to see debs.
+        "  - printf 'ID=debian\\nVERSION_ID=12\\n' > \"$root/etc/os-release\"\n",
+    )
+    assert lock_and_build(build_project, "swapped").returncode == 0
+    repository = f"{plain_registry.host}/swapped-test"
+    published = subprocess.run(
+        [str(BASEKILN), "publish", "swapped", "--registry", repository,
+         "--key", str(cosign_keys.private_key)],
+        cwd=build_project.root, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "COSIGN_PASSWORD": KEY_PASSWORD},
+    )  # fmt: skip
+    assert published.returncode == 1, published.stderr
+    assert "sneaky 6.6-6" in published.stderr and "not locked" in published.stderr
+    with client(plain_registry.endpoint()) as registry:
+        assert registry.list_tags(parse_reference(repository + "@sha256:" + "0" * 64)) == []
 
 
 class _Probe(http.server.BaseHTTPRequestHandler):
