@@ -139,7 +139,13 @@ def _lock_one(
     elif mode is Mode.CHECK:
         outcome.stale.append(f"{path} does not exist; run `basekiln lock {name}`")
         return outcome
-    parent = _parent_ref(config, loaded)
+    try:
+        parent = _parent_ref(config, loaded)
+    except LockfileError as exc:
+        if mode is not Mode.CHECK:
+            raise
+        outcome.stale.append(exc.message)  # a child of an unlocked parent is stale too
+        return outcome
 
     if existing is not None:
         outcome.stale.extend(_staleness(config, loaded, existing, parent))

@@ -737,34 +737,29 @@ def signing(key: str) -> Iterator[Signing]:
         yield signing_for_key(key, Path(work))
 
 
-_held = threading.local()
 _held_lock = threading.Lock()
-_held_count = 0
+_held_counts: dict[Path, int] = {}  # lock file -> holders in this process
 
 
 @contextlib.contextmanager
 def run_lock(config: Config, what: str, timeout: float | None = None) -> Iterator[None]:
     """Hold this checkout's run lock; wait for another run holding it, up to `timeout`.
 
-    Re-entrant within one process, so a nightly run's rebuild subflows do not wait on
-    the nightly run itself.
+    Re-entrant within one process for the same checkout, so a nightly run's rebuild
+    subflows do not wait on the nightly run itself; another checkout's lock is its own.
     """
-    global _held_count
+    path = (config.root / "out" / LOCK_NAME).resolve()
     with _held_lock:
-        if _held_count:
-            _held_count += 1
-            reentered = True
-        else:
-            reentered = False
+        reentered = _held_counts.get(path, 0) > 0
+        if reentered:
+            _held_counts[path] += 1
     if reentered:
         try:
             yield
         finally:
-            with _held_lock:
-                _held_count -= 1
+            _release_count(path)
         return
 
-    path = config.root / "out" / LOCK_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     limit = config.file.nightly.lock_timeout_seconds if timeout is None else timeout
     with open(path, "a+") as handle:
@@ -774,13 +769,19 @@ def run_lock(config: Config, what: str, timeout: float | None = None) -> Iterato
         handle.write(json.dumps({"pid": os.getpid(), "run": what, "since": now_iso()}) + "\n")
         handle.flush()
         with _held_lock:
-            _held_count += 1
+            _held_counts[path] = _held_counts.get(path, 0) + 1
         try:
             yield
         finally:
-            with _held_lock:
-                _held_count -= 1
+            _release_count(path)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _release_count(path: Path) -> None:
+    with _held_lock:
+        _held_counts[path] -= 1
+        if not _held_counts[path]:
+            del _held_counts[path]
 
 
 def _acquire(handle: Any, path: Path, timeout: float) -> None:

@@ -528,6 +528,44 @@ class RegistryClient:
         )
         return PushResult(pushed, tuple(uploaded), tuple(skipped))
 
+    def pull_image(self, ref: Reference, layout: Path, platform: str) -> oci.Image:
+        """Write the image at `ref` (by digest) for `platform` into an OCI layout.
+
+        Every blob is checked against its digest as it arrives (`fetch_blob`).
+        """
+        self._check_host(ref)
+        manifest = self.get_manifest(ref)
+        if manifest.media_type in INDEX_MEDIA_TYPES:
+            os_name, _, arch = platform.partition("/")
+            entry = next(
+                (
+                    m
+                    for m in manifest.json().get("manifests", [])
+                    if (m.get("platform") or {}).get("os") == os_name
+                    and (m.get("platform") or {}).get("architecture") == arch
+                ),
+                None,
+            )
+            if entry is None:
+                raise InputError(f"{ref}: no image for {platform} in its index")
+            manifest = self.get_manifest(ref.by_digest(entry["digest"]))
+        body = manifest.json()
+        oci.write_blob(layout, manifest.data)
+        for blob in [body["config"], *body.get("layers", [])]:
+            path = oci.blob_path(layout, blob["digest"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as target:
+                self.fetch_blob(ref.repository, blob["digest"], target)
+        descriptor = {
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest,
+            "size": len(manifest.data),
+        }
+        index = {"schemaVersion": 2, "mediaType": oci.MEDIA_INDEX, "manifests": [descriptor]}
+        (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        (layout / "index.json").write_bytes(oci.canonical_json(index))
+        return oci.read_image(layout, platform)
+
     def upload_blob(self, repository: str, digest: str, source: IO[bytes]) -> None:
         """Upload `source` as blob `digest`: in one PUT if small, else PATCH by chunk."""
         check_digest(digest)

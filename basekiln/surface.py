@@ -16,6 +16,7 @@ import re
 import stat
 import sys
 import tarfile
+import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -322,18 +323,55 @@ def _parent_image(image: Image, out_root: Path, platform: str) -> Image | None:
         return None
 
 
+def pulled(reference: str, folder: Path, platform: str) -> tuple[Image, Image | None]:
+    """A published image, HOST/REPO@sha256:…, and its parent when the labels name it in
+    the same registry namespace (HOST/PREFIX/<parent>, as nightly publishes)."""
+    from basekiln.publish import registry_endpoint
+    from basekiln.registry import RegistryClient, parse_reference
+
+    ref = parse_reference(reference)
+    if ref.digest is None:
+        raise InputError(f"{reference}: name a published image by digest (HOST/REPO@sha256:…)")
+    with RegistryClient(registry_endpoint(ref)) as client:
+        image = client.pull_image(ref, folder / "image", platform)
+        labels = (image.config.get("config") or {}).get("Labels") or {}
+        base_name = labels.get("org.opencontainers.image.base.name")
+        base_digest = labels.get("org.opencontainers.image.base.digest")
+        if not (base_name and base_digest):
+            return image, None
+        sibling = ref.in_repository(ref.repository.rpartition("/")[0] + "/" + base_name)
+        try:
+            parent = client.pull_image(sibling.by_digest(base_digest), folder / "parent", platform)
+        except BasekilnError:
+            log.info("%s: parent %s not found beside it; counting every layer", ref, base_name)
+            return image, None
+    return image, parent
+
+
+def _is_registry_reference(text: str) -> bool:
+    """HOST/REPO@DIGEST or HOST/REPO:TAG, as opposed to a recipe name or a folder."""
+    if Path(text).exists() or "/" not in text:
+        return False
+    return "@" in text or ":" in text.rpartition("/")[2]
+
+
 @click.command("report")
 @click.argument("image")
 @click.option("--platform", default="linux/amd64", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def report_command(image: str, platform: str, as_json: bool) -> None:
-    """The attack surface of IMAGE: a built recipe's name or an OCI layout directory."""
+    """The attack surface of IMAGE: a built recipe's name, an OCI layout directory, or a
+    published image by digest (HOST/REPO@sha256:…)."""
     from basekiln.config import load_config
 
     try:
         config = load_config()
-        found, parent = locate(image, config.root / "out", platform)
-        surface = examine(found, len(parent.layers) if parent else 0)
+        with tempfile.TemporaryDirectory(prefix="basekiln-report-") as tmp:
+            if _is_registry_reference(image):
+                found, parent = pulled(image, Path(tmp), platform)
+            else:
+                found, parent = locate(image, config.root / "out", platform)
+            surface = examine(found, len(parent.layers) if parent else 0)
     except BasekilnError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(int(exc.exit_code))

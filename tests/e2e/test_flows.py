@@ -264,6 +264,26 @@ def test_a_published_image_is_accepted_from_outside(published: Catalogue) -> Non
     assert found == locked
 
 
+def test_report_reads_a_published_image_from_the_registry(
+    published: Catalogue, prefect_server: tuple[str, Path]
+) -> None:
+    record = read_record(load_config(published.root), "child")
+    assert record is not None
+    done = invoke(published, prefect_server, "report", record.image, "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    surface = json.loads(done.stdout)
+    built = json.loads((published.root / "out" / "child" / "build.json").read_text())
+    local = invoke(published, prefect_server, "report", "child", "--json")
+    assert local.returncode == 0, local.stderr[-3000:]
+    # The same image, whether read from the registry or from the local build.
+    assert {**surface, "image": None} == {**json.loads(local.stdout), "image": None}
+    assert surface["digest"] == record.digest == built["digest"]
+    assert surface["own_compressed_bytes"] < surface["compressed_bytes"], "parent found"
+
+    tagged = invoke(published, prefect_server, "report", record.image.split("@")[0] + ":latest")
+    assert tagged.returncode == 2 and "by digest" in tagged.stderr
+
+
 def test_verify_checks_this_repository_and_rebuilds(
     published: Catalogue, prefect_server: tuple[str, Path]
 ) -> None:

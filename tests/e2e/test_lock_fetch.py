@@ -179,6 +179,15 @@ def test_check_names_a_missing_lockfile(project: Project) -> None:
     assert not project.lockfile("static").exists()
 
 
+def test_check_names_a_child_whose_parent_is_not_locked(project: Project) -> None:
+    ok(project, "lock", "base")  # locks static first, as its parent
+    project.lockfile("static").unlink()
+    result = project.cli("lock", "--check", "base")
+    assert result.exit_code == 1, result.output
+    assert f"{project.lockfile('static')} does not exist" in result.output
+    assert "the parent 'static' is not locked" in result.output
+
+
 def test_diff_and_update_show_added_removed_and_upgraded(
     project: Project, archive: ArchiveTree
 ) -> None:

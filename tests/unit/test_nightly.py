@@ -278,6 +278,32 @@ def test_run_lock_keeps_a_second_run_waiting(tmp_path: Path) -> None:
         pass  # free again, and re-entrant within one process
 
 
+def test_run_lock_is_reentrant_only_for_its_own_checkout(tmp_path: Path) -> None:
+    configs = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "basekiln.toml").write_text("")
+        configs.append(load_config(tmp_path / name))
+    with (
+        nightly.run_lock(configs[0], "first"),
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(HOLD), str(tmp_path / "two")],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as holder,
+    ):
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            # Holding checkout one's lock does not let this process into checkout two's.
+            with (
+                pytest.raises(BasekilnError, match="holder"),
+                nightly.run_lock(configs[1], "x", 0.5),
+            ):
+                pass
+        finally:
+            holder.kill()
+
+
 def test_abandoned_run_refuses_new_steps() -> None:
     nightly.begin_run()
     nightly.check_not_cancelled("tiny")
