@@ -117,17 +117,15 @@ def fetch_one(
         for mirror in item.mirrors:
             url = f"{mirror.rstrip('/')}/{pkg.filename}"
             try:
-                _http.download(http, url, partial, attempts, on_bytes)
+                outcome = _download_checked(http, url, partial, pkg, attempts, on_bytes)
             except _http.NotFoundError as exc:
                 tried.append(f"{url} (HTTP {exc.status})")
                 continue
             except httpx.HTTPError as exc:
                 tried.append(f"{url} ({exc or type(exc).__name__})")
                 continue
-            outcome = _check(partial, pkg)
             if outcome is None:
                 return cache.commit(partial, pkg.sha256)
-            partial.unlink(missing_ok=True)
             if outcome.startswith("truncated"):
                 tried.append(f"{url} ({outcome})")
                 continue
@@ -141,6 +139,30 @@ def fetch_one(
             f"Tried: {'; '.join(tried)}. If it is gone from the archive, run "
             "`basekiln lock --update`; otherwise check the mirrors in basekiln.toml."
         )
+
+
+def _download_checked(
+    http: httpx.Client,
+    url: str,
+    partial: Path,
+    pkg: LockedPackage,
+    attempts: int,
+    on_bytes: Callable[[int], None] | None,
+) -> str | None:
+    """Download `url` into `partial` (resuming it) and check it: None when it is the
+    locked file, else what is wrong (and `partial` is gone).
+
+    A partial file left by an earlier run may hold other bytes, or more than the file
+    has now; a resume that does not verify starts over once before the mirror is blamed.
+    """
+    resumed = partial.is_file() and partial.stat().st_size > 0
+    for _ in range(2 if resumed else 1):
+        _http.download(http, url, partial, attempts, on_bytes)
+        outcome = _check(partial, pkg)
+        if outcome is None:
+            return None
+        partial.unlink(missing_ok=True)
+    return outcome
 
 
 def _check(path: Path, pkg: LockedPackage) -> str | None:

@@ -588,6 +588,24 @@ def test_a_truncated_download_fails_then_resumes(
     assert not partial.exists()
 
 
+@pytest.mark.parametrize("extra", [10, -10], ids=["longer", "shorter"])
+def test_a_stale_partial_file_starts_over_instead_of_blaming_the_mirror(
+    locked: Project, archive: ArchiveTree, server: ArchiveServer, extra: int
+) -> None:
+    deb = archive.deb_file("bookworm", "netbase")
+    digest = sha256_file(deb)
+    partial = locked.cache / "partial" / f"{digest}.part"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"x" * (deb.stat().st_size + extra))  # not this file's bytes
+
+    ok(locked, "fetch", "static")
+    assert sha256_file(locked.cache / "sha256" / digest) == digest
+    first, second = server.requests(archive.url_path(deb))
+    assert first.range == f"bytes={deb.stat().st_size + extra}-"
+    assert (second.range, second.status) == (None, 200)
+    assert not partial.exists()
+
+
 def test_a_deb_with_other_bytes_is_refused(
     locked: Project, archive: ArchiveTree, server: ArchiveServer
 ) -> None:
