@@ -22,7 +22,7 @@ from basekiln.config import Config, load_config
 from basekiln.lockfile import lockfile_path, read_lockfile
 from basekiln.oci import read_image
 from basekiln.results import BuildResult
-from basekiln.sbom import load_lock_chain
+from basekiln.lockfile import load_lock_chain
 from basekiln.surface import Surface, examine
 
 MIB = 2**20
