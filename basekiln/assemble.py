@@ -16,7 +16,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from basekiln._run import CommandError, run
-from basekiln.cache import Cache, sha256_file
+from basekiln.cache import Cache
 from basekiln.deb import UnpackGuard, control_files, iter_data, open_deb
 from basekiln.dpkg_database import database_files, registered
 from basekiln.errors import BuildError
@@ -189,18 +189,7 @@ def check_and_describe(cache: Cache, packages: list[LockedPackage]) -> dict[str,
     guard = UnpackGuard()
     statuses = {}
     for pkg in packages:
-        path = cache.path(pkg.sha256)
-        if not path.is_file():
-            raise BuildError(
-                f"{pkg.name} {pkg.version} is not in the cache ({path}); run `basekiln fetch` first"
-            )
-        actual = sha256_file(path)
-        if actual != pkg.sha256:
-            raise BuildError(
-                f"cache entry {path} for {pkg.name} {pkg.version} was altered after fetch: "
-                f"sha256 is {actual}, the lockfile pins {pkg.sha256}. Delete the entry and "
-                "run `basekiln fetch` again."
-            )
+        path = cache.verified(pkg.sha256, f"{pkg.name} {pkg.version}")
         deb = open_deb(path, f"{pkg.name} {pkg.version}")
         guard.check(pkg.name, [member for member, _ in iter_data(deb)])
         statuses[pkg.name] = _status_paragraph(control_files(deb), pkg)

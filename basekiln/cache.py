@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from basekiln.errors import TrustError
+from basekiln.errors import BuildError, TrustError
 
 CHUNK = 1 << 20
 
@@ -51,6 +51,20 @@ class Cache:
     def verify(self, sha256: str) -> bool:
         """Re-hash an entry; a mismatch means it was altered after it entered the cache."""
         return sha256_file(self.path(sha256)) == sha256
+
+    def verified(self, sha256: str, what: str) -> Path:
+        """The entry for `what` (a locked .deb), re-hashed: the build reads only the bytes
+        the lockfile pins, whatever happened to the cache since the fetch."""
+        path = self.path(sha256)
+        if not path.is_file():
+            raise BuildError(f"{what} is not in the cache ({path}); run `basekiln fetch` first")
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise BuildError(
+                f"cache entry {path} for {what} was altered after fetch: sha256 is {actual}, "
+                f"the lockfile pins {sha256}. Delete the entry and run `basekiln fetch` again."
+            )
+        return path
 
     @contextlib.contextmanager
     def entry_lock(self, sha256: str) -> Iterator[None]:

@@ -104,14 +104,7 @@ def _same_layout(fresh: Path, cached: Path) -> bool:
 
 def _tool_entries(cache: Cache, tool: LockedPackage) -> list[FileEntry]:
     keep = TOOL_FILES.get(tool.name, ())
-    path = cache.path(tool.sha256)
-    actual = sha256_file(path) if path.is_file() else "missing"
-    if actual != tool.sha256:
-        raise BuildError(
-            f"cache entry {path} for build tool {tool.name} {tool.version} was altered after "
-            f"fetch: sha256 is {actual}, the lockfile pins {tool.sha256}. Delete the entry "
-            "and run `basekiln fetch` again."
-        )
+    path = cache.verified(tool.sha256, f"build tool {tool.name} {tool.version}")
     deb = open_deb(path, f"{tool.name} {tool.version}")
     members = list(iter_data(deb))
     UnpackGuard().check(tool.name, [m for m, _ in members])
