@@ -19,10 +19,9 @@ from pathlib import Path
 from basekiln.build import RESULT_NAME, BuildOptions, build_recipes, out_dir
 from basekiln.catalogue import load_selection
 from basekiln.config import Config, load_config
-from basekiln.lockfile import lockfile_path, read_lockfile
+from basekiln.lockfile import load_lock_chain, lockfile_path, read_lockfile
 from basekiln.oci import read_image
 from basekiln.results import BuildResult
-from basekiln.lockfile import load_lock_chain
 from basekiln.surface import Surface, examine
 
 MIB = 2**20
