@@ -91,7 +91,7 @@ TOOLS = (
         "diffoscope",
         "details differing files in a reproducibility report",
         ("diffoscope", "--version"),
-        "apt-get install diffoscope",
+        "make setup (it installs Debian's diffoscope-minimal)",
         required=False,
     ),
 )

@@ -22,9 +22,9 @@ install_debian_packages() {
   # gpgv + keyring verify InRelease; runc is BuildKit's worker; docker-registry is
   # the loopback OCI registry; mmdebstrap is the benchmark's reference; gnupg and
   # dpkg-dev build the signed test archive; openssl makes the TLS test registry's
-  # certificates.
+  # certificates; diffoscope-minimal details differing files in a compare report.
   local wanted=(gpgv gnupg debian-archive-keyring runc docker-registry mmdebstrap dpkg-dev
-    openssl curl)
+    openssl curl diffoscope-minimal)
   local missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

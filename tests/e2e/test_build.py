@@ -255,6 +255,11 @@ def test_non_reproducible_recipe_exits_3_with_a_report_naming_the_file(
     assert "etc/build-time" in text
     assert "random data" in text
     assert not (build_project.root / "out" / "drifting" / "oci").exists()
+    # diffoscope (installed by make setup) is run on the differing file, and says how.
+    diffoscope = report["diffoscope"]
+    assert diffoscope["available"] is True, diffoscope["note"]
+    (output,) = [o for o in diffoscope["outputs"] if "etc/build-time" in o["label"]]
+    assert output["error"] is None and output["text"].strip()
 
 
 def test_the_second_sandbox_is_perturbed_inside_the_build_step(build_project: Project) -> None:
