@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -185,14 +187,25 @@ def directories(inputs: BuildInputs) -> list[Directory]:
 
 
 def check_and_describe(cache: Cache, packages: list[LockedPackage]) -> dict[str, bytes]:
-    """Verify each cached .deb again, refuse unsafe members, return control paragraphs."""
-    guard = UnpackGuard()
-    statuses = {}
-    for pkg in packages:
+    """Verify each cached .deb again, refuse unsafe members, return control paragraphs.
+
+    Reading the packages (decompression, which releases the GIL) runs in threads; the
+    guard then walks them in order, since a link one package makes can be written
+    through by a later one.
+    """
+
+    def read(pkg: LockedPackage) -> tuple[list[tarfile.TarInfo], dict[str, bytes]]:
         path = cache.verified(pkg.sha256, f"{pkg.name} {pkg.version}")
         deb = open_deb(path, f"{pkg.name} {pkg.version}")
-        guard.check(pkg.name, [member for member, _ in iter_data(deb)])
-        statuses[pkg.name] = _status_paragraph(control_files(deb), pkg)
+        return [member for member, _ in iter_data(deb)], control_files(deb)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        contents = list(pool.map(read, packages))
+    guard = UnpackGuard()
+    statuses = {}
+    for pkg, (members, control) in zip(packages, contents, strict=True):
+        guard.check(pkg.name, members)
+        statuses[pkg.name] = _status_paragraph(control, pkg)
     return statuses
 
 

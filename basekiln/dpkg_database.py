@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 import posixpath
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from basekiln.cache import Cache
@@ -73,8 +75,18 @@ def database_files(
     files: list[GeneratedFile] = []
     paragraphs: list[bytes] = []
     interests: dict[str, list[str]] = defaultdict(list)
-    for pkg in sorted(packages, key=lambda p: p.name):
-        control, data = read_package(cache.path(pkg.sha256), f"{pkg.name} {pkg.version}")
+    ordered = sorted(packages, key=lambda p: p.name)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        # Decompression releases the GIL; the results are used in package order.
+        contents = list(
+            pool.map(
+                lambda p: read_package(
+                    cache.verified(p.sha256, f"{p.name} {p.version}"), f"{p.name} {p.version}"
+                ),
+                ordered,
+            )
+        )
+    for pkg, (control, data) in zip(ordered, contents, strict=True):
         name = info_name(control["control"], pkg.name)
         files.extend(_info_files(name, control, data, drop))
         conffiles = _conffile_sums(control.get("conffiles", b""), data)
