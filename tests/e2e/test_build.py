@@ -278,10 +278,11 @@ def test_the_second_sandbox_is_perturbed_inside_the_build_step(build_project: Pr
     # are the ones the step really ran under.
     work = build_project.root / "out" / "ambient" / "work"
     seen = {name: (work / name / "build.log").read_text() for name in ("a", "b")}
-    assert "umask 0022, TZ=UTC, LANG=C.UTF-8, host basekiln-a" in seen["a"]
+    cpus = os.cpu_count() or 1
+    assert f"umask 0022, TZ=UTC, LANG=C.UTF-8, host basekiln-a, cpus {cpus}" in seen["a"]
     assert (
-        "umask 0077, TZ=Pacific/Kiritimati, LANG=fr_FR.UTF-8, host kiln-b-perturbed.example"
-        in seen["b"]
+        "umask 0077, TZ=Pacific/Kiritimati, LANG=fr_FR.UTF-8, host kiln-b-perturbed.example, "
+        "cpus 1" in seen["b"]
     )
     recorded = {b["sandbox"][-1]: b["perturbations"] for b in result["builds"]}
     assert recorded["b"]["umask"] == "0077" and recorded["b"]["tz"] == "Pacific/Kiritimati"
