@@ -98,15 +98,14 @@ def buildkit_version(config: Config) -> str:
     Digests may differ across BuildKit versions, so two remote daemons on different
     versions cannot make a meaningful pair and are refused.
     """
-    endpoints = config.file.buildkit.endpoints
-    if not endpoints:
+    settings = config.file.buildkit
+    if not settings.endpoints:
         from basekiln._run import run
 
         text = run(["buildkitd", "--version"], timeout=30).stdout.decode()
         return text.split()[2] if len(text.split()) > 2 else text.strip()
-    settings = config.file.buildkit
     versions = {}
-    for address in endpoints[:2]:
+    for address in settings.endpoints[:2]:
         endpoint = _buildctl.Endpoint(address, settings.tls_ca, settings.tls_cert, settings.tls_key)
         try:
             versions[address] = _buildctl.server_version(endpoint)
