@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 
-from basekiln.assemble import group_text, identity, passwd_text
-from basekiln.lockfile import LockedPackage
-from basekiln.recipe import Recipe
+from basekiln.assemble import BuildInputs, group_text, identity, passwd_text, snapshot_sources
+from basekiln.lockfile import LockedPackage, read_lockfile
+from basekiln.recipe import Recipe, load_recipe
 from basekiln.render import (
     GeneratedFile,
     render_assemble_script,
@@ -97,3 +99,22 @@ def test_identity_merges_the_parent_chain_and_adds_user_groups() -> None:
 def test_templates_digest_is_stable() -> None:
     assert templates_digest() == templates_digest()
     assert len(templates_digest()) == 64
+
+
+def test_snapshot_sources_point_at_the_lockfile_s_newest_inrelease_per_archive() -> None:
+    root = Path(__file__).resolve().parents[2]
+    recipe = load_recipe(root / "recipes" / "debian-minimal.yaml").recipe
+    lock = read_lockfile(root / "lockfiles" / "debian-minimal.lock.json")
+    inputs = BuildInputs(recipe, "recipes/debian-minimal.yaml", lock,
+                         "lockfiles/debian-minimal.lock.json", "0" * 64, (recipe,),
+                         "linux/amd64", None)  # fmt: skip
+    text = snapshot_sources(inputs).decode()
+
+    stamps = {}
+    for release in lock.releases:
+        when = parsedate_to_datetime(release.date).strftime("%Y%m%dT%H%M%SZ")
+        stamps[release.archive] = max(when, stamps.get(release.archive, when))
+    for archive, stamp in stamps.items():
+        assert f"URIs: http://snapshot.debian.org/archive/{archive}/{stamp}/\n" in text
+    suites = re.findall(r"^Suites: (.*)$", text, re.M)
+    assert sorted(suites) == ["bookworm bookworm-updates", "bookworm-security"]
