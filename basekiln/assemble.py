@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from basekiln._run import CommandError, run
 from basekiln.cache import Cache
-from basekiln.deb import UnpackGuard, control_files, iter_data, open_deb
+from basekiln.deb import UnpackGuard, control_files, iter_data, open_deb, read_each
 from basekiln.dpkg_database import database_files, registered
 from basekiln.errors import BuildError
 from basekiln.lockfile import LockedPackage, Lockfile
@@ -189,9 +188,8 @@ def directories(inputs: BuildInputs) -> list[Directory]:
 def check_and_describe(cache: Cache, packages: list[LockedPackage]) -> dict[str, bytes]:
     """Verify each cached .deb again, refuse unsafe members, return control paragraphs.
 
-    Reading the packages (decompression, which releases the GIL) runs in threads; the
-    guard then walks them in order, since a link one package makes can be written
-    through by a later one.
+    The packages are read in threads (`read_each`); the guard then walks them in order,
+    since a link one package makes can be written through by a later one.
     """
 
     def read(pkg: LockedPackage) -> tuple[list[tarfile.TarInfo], dict[str, bytes]]:
@@ -199,8 +197,7 @@ def check_and_describe(cache: Cache, packages: list[LockedPackage]) -> dict[str,
         deb = open_deb(path, f"{pkg.name} {pkg.version}")
         return [member for member, _ in iter_data(deb)], control_files(deb)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        contents = list(pool.map(read, packages))
+    contents = read_each(read, packages)
     guard = UnpackGuard()
     statuses = {}
     for pkg, (members, control) in zip(packages, contents, strict=True):

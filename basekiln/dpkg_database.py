@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import os
 import posixpath
 from collections import defaultdict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from basekiln.cache import Cache
-from basekiln.deb import control_files, iter_data, open_deb
+from basekiln.deb import control_files, iter_data, open_deb, read_each
 from basekiln.lockfile import LockedPackage
 from basekiln.recipe import Recipe
 from basekiln.render import GeneratedFile
@@ -76,16 +74,12 @@ def database_files(
     paragraphs: list[bytes] = []
     interests: dict[str, list[str]] = defaultdict(list)
     ordered = sorted(packages, key=lambda p: p.name)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        # Decompression releases the GIL; the results are used in package order.
-        contents = list(
-            pool.map(
-                lambda p: read_package(
-                    cache.verified(p.sha256, f"{p.name} {p.version}"), f"{p.name} {p.version}"
-                ),
-                ordered,
-            )
-        )
+    contents = read_each(
+        lambda p: read_package(
+            cache.verified(p.sha256, f"{p.name} {p.version}"), f"{p.name} {p.version}"
+        ),
+        ordered,
+    )
     for pkg, (control, data) in zip(ordered, contents, strict=True):
         name = info_name(control["control"], pkg.name)
         files.extend(_info_files(name, control, data, drop))
