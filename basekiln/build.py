@@ -106,7 +106,7 @@ def buildkit_version(config: Config) -> str:
         return text.split()[2] if len(text.split()) > 2 else text.strip()
     versions = {}
     for address in settings.endpoints[:2]:
-        endpoint = _buildctl.Endpoint(address, settings.tls_ca, settings.tls_cert, settings.tls_key)
+        endpoint = _remote_endpoint(config, address)
         try:
             versions[address] = _buildctl.server_version(endpoint)
         except ToolError as exc:
@@ -455,15 +455,13 @@ def sandbox_for(
         )
     address = settings.endpoints[0 if perturbation.name == "a" else 1]
     return contextlib.nullcontext(
-        remote_sandbox(
-            address,
-            perturbation.name,
-            perturbation,
-            settings.tls_ca,
-            settings.tls_cert,
-            settings.tls_key,
-        )
+        remote_sandbox(_remote_endpoint(config, address), perturbation.name, perturbation)
     )
+
+
+def _remote_endpoint(config: Config, address: str) -> _buildctl.Endpoint:
+    settings = config.file.buildkit
+    return _buildctl.Endpoint(address, settings.tls_ca, settings.tls_cert, settings.tls_key)
 
 
 def _build_in_sandbox(

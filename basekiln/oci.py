@@ -111,16 +111,21 @@ def read_image(layout: Path, platform: str = "linux/amd64") -> Image:
     return Image(layout=layout, manifest_descriptor=descriptor, manifest=manifest, config=config)
 
 
-def _find_manifest(layout: Path, index: dict[str, Any], platform: str) -> Descriptor:
+def for_platform(entry: dict[str, Any], platform: str) -> bool:
+    """Whether an index entry is for `platform` (`os/arch`); an entry naming none is."""
+    plat = entry.get("platform")
     os_name, _, arch = platform.partition("/")
+    return plat is None or (plat.get("os") == os_name and plat.get("architecture") == arch)
+
+
+def _find_manifest(layout: Path, index: dict[str, Any], platform: str) -> Descriptor:
     for entry in index.get("manifests", []):
         media = entry.get("mediaType")
         if media == MEDIA_INDEX:
             return _find_manifest(layout, read_json_blob(layout, entry["digest"]), platform)
         if media not in (MEDIA_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"):
             continue
-        plat = entry.get("platform")
-        if plat is None or (plat.get("os") == os_name and plat.get("architecture") == arch):
+        if for_platform(entry, platform):
             return Descriptor.from_json(entry)
     raise LayoutError(f"{layout}: no image manifest for {platform}")
 

@@ -536,16 +536,8 @@ class RegistryClient:
         self._check_host(ref)
         manifest = self.get_manifest(ref)
         if manifest.media_type in INDEX_MEDIA_TYPES:
-            os_name, _, arch = platform.partition("/")
-            entry = next(
-                (
-                    m
-                    for m in manifest.json().get("manifests", [])
-                    if (m.get("platform") or {}).get("os") == os_name
-                    and (m.get("platform") or {}).get("architecture") == arch
-                ),
-                None,
-            )
+            entries = manifest.json().get("manifests", [])
+            entry = next((m for m in entries if oci.for_platform(m, platform)), None)
             if entry is None:
                 raise InputError(f"{ref}: no image for {platform} in its index")
             manifest = self.get_manifest(ref.by_digest(entry["digest"]))

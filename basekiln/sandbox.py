@@ -252,16 +252,9 @@ def detach_mounts(path: Path) -> None:
             log.warning("could not detach %s: %s", point, os.strerror(ctypes.get_errno()))
 
 
-def remote_sandbox(
-    address: str,
-    name: str,
-    perturbation: Perturbation,
-    tls_ca: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-) -> Sandbox:
+def remote_sandbox(endpoint: Endpoint, name: str, perturbation: Perturbation) -> Sandbox:
     """A daemon someone else runs; only client-side perturbations apply."""
-    endpoint = Endpoint(address, tls_ca, tls_cert, tls_key)
+    address = endpoint.address
     try:
         ping(endpoint, timeout=15)
     except CommandError as exc:
