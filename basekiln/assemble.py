@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from basekiln._run import CommandError, run
 from basekiln.cache import Cache
-from basekiln.deb import UnpackGuard, control_files, iter_data, open_deb, read_each
+from basekiln.deb import PackageRead, UnpackGuard, read_each, read_package
 from basekiln.dpkg_database import database_files, registered
 from basekiln.errors import BuildError
 from basekiln.lockfile import LockedPackage, Lockfile
@@ -185,24 +185,29 @@ def directories(inputs: BuildInputs) -> list[Directory]:
     return dirs
 
 
-def check_and_describe(cache: Cache, packages: list[LockedPackage]) -> dict[str, bytes]:
-    """Verify each cached .deb again, refuse unsafe members, return control paragraphs.
+def read_packages(cache: Cache, packages: list[LockedPackage]) -> dict[str, PackageRead]:
+    """Each cached .deb verified again and read once (in threads, see `read_each`)."""
 
-    The packages are read in threads (`read_each`); the guard then walks them in order,
-    since a link one package makes can be written through by a later one.
+    def read(pkg: LockedPackage) -> PackageRead:
+        what = f"{pkg.name} {pkg.version}"
+        return read_package(cache.verified(pkg.sha256, what), what)
+
+    return dict(zip((p.name for p in packages), read_each(read, packages), strict=True))
+
+
+def check_and_describe(
+    packages: list[LockedPackage], reads: Mapping[str, PackageRead]
+) -> dict[str, bytes]:
+    """Refuse unsafe members, return control paragraphs.
+
+    The guard walks the packages in order, since a link one package makes can be
+    written through by a later one.
     """
-
-    def read(pkg: LockedPackage) -> tuple[list[tarfile.TarInfo], dict[str, bytes]]:
-        path = cache.verified(pkg.sha256, f"{pkg.name} {pkg.version}")
-        deb = open_deb(path, f"{pkg.name} {pkg.version}")
-        return [member for member, _ in iter_data(deb)], control_files(deb)
-
-    contents = read_each(read, packages)
     guard = UnpackGuard()
     statuses = {}
-    for pkg, (members, control) in zip(packages, contents, strict=True):
-        guard.check(pkg.name, members)
-        statuses[pkg.name] = _status_paragraph(control, pkg)
+    for pkg in packages:
+        guard.check(pkg.name, reads[pkg.name].members)
+        statuses[pkg.name] = _status_paragraph(reads[pkg.name].control, pkg)
     return statuses
 
 
@@ -294,19 +299,20 @@ def prepare_context(
 ) -> Path:
     """Write the build context into `dest` (replaced if present) and return it."""
     packages = inputs.lock.packages_for(inputs.platform)
-    rendered = render_build(inputs, check_and_describe(cache, packages), source, revision)
+    reads = read_packages(cache, packages)
+    rendered = render_build(inputs, check_and_describe(packages, reads), source, revision)
 
     staging = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "debs").mkdir(parents=True)
     for pkg in packages:
-        _link_or_copy(cache.path(pkg.sha256), staging / "debs" / f"{pkg.sha256}.deb")
+        link_or_copy(cache.path(pkg.sha256), staging / "debs" / f"{pkg.sha256}.deb")
     for file in rendered.generated:
         target = staging / "generated" / "rootfs" / file.path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(file.content)
     if registered_packages := dpkg_registered(inputs):
-        files = database_files(inputs.recipe, registered_packages, cache)
+        files = database_files(inputs.recipe, registered_packages, reads)
         _write_tree(staging / "generated" / "dpkg", files)
     (staging / "generated" / "assemble.sh").write_text(rendered.script)
     (staging / "Dockerfile").write_text(rendered.dockerfile)
@@ -324,8 +330,13 @@ def _write_tree(root: Path, files: list[GeneratedFile]) -> None:
         target.chmod(file.mode)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link where both paths share a file system, else a copy with its mode.
+
+    The mode matters: a build context's file modes reach the image (maintainer scripts
+    must stay executable).
+    """
     try:
         os.link(source, target)
     except OSError:
-        shutil.copyfile(source, target)
+        shutil.copy2(source, target)

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -32,6 +31,7 @@ from basekiln.assemble import (
     ParentImage,
     git_revision,
     labels,
+    link_or_copy,
     prepare_context,
     render_build,
 )
@@ -358,7 +358,7 @@ def _double_build(
     contexts = {"a": context_a, "b": other_root / "deeper" / "build" / "context"}
     group = f"{recipe.name}-{uuid.uuid4().hex[:8]}"
     try:
-        shutil.copytree(context_a, contexts["b"], copy_function=os.link)
+        shutil.copytree(context_a, contexts["b"], copy_function=link_or_copy)
         with _progress(options.show_progress) as progress:
 
             def one(perturbation: Perturbation) -> SandboxBuild:

@@ -15,9 +15,7 @@ gets to look too.
 from __future__ import annotations
 
 import difflib
-import gzip
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -30,16 +28,23 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
+
+import zstandard
 
 from basekiln import _diffoscope
-from basekiln._run import CommandError, run, which
 from basekiln.errors import NotReproducibleError
-from basekiln.oci import Descriptor, Image, LayoutError, read_image
+from basekiln.oci import (
+    Descriptor,
+    Image,
+    detect_compression,
+    open_layer,
+    read_image,
+)
 from basekiln.results import SandboxBuild
 
 log = logging.getLogger(__name__)
@@ -57,7 +62,6 @@ WINDOW_CONTEXT = 4096
 MAX_REGIONS = 64
 COLLAPSE_OVER = 25  # entries sharing a metadata difference before it is reported once
 TIME_WINDOW = 7 * 86400  # "close to now"
-ZSTD_TIMEOUT = 900.0
 CHUNK = 1024 * 1024
 
 
@@ -132,12 +136,6 @@ class Kind(Enum):
 
 _KIND_ORDER = {kind: number for number, kind in enumerate(Kind)}
 _SECTIONS = ("config", "manifest", "layers", "files")
-
-
-class Compression(Enum):
-    GZIP = "gzip"
-    ZSTD = "zstd"
-    NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -534,7 +532,7 @@ _COMPARED_ELSEWHERE = frozenset(
     {"path", "linkpath", "size", "mtime", "uid", "gid", "uname", "gname"}
 )
 _COLLAPSIBLE = frozenset({Kind.MTIME, Kind.MODE, Kind.OWNER, Kind.HEADERS})
-_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, CommandError)
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, zstandard.ZstdError)
 
 
 def _diff_ids(image: Image) -> list[str]:
@@ -842,27 +840,6 @@ def _normalise(name: str) -> str:
     return "/" if name in ("", ".") else "/" + name
 
 
-def detect_compression(path: Path) -> Compression:
-    """How a layer blob is compressed, from its first bytes (not its media type)."""
-    if not path.is_file():
-        raise LayoutError(f"layer blob {path} is missing")
-    with path.open("rb") as blob:
-        magic = blob.read(4)
-    if magic[:2] == b"\x1f\x8b":
-        return Compression.GZIP
-    if magic == b"\x28\xb5\x2f\xfd":
-        return Compression.ZSTD
-    return Compression.NONE
-
-
-def _zstandard() -> Any:
-    """The `zstandard` module if this Python has it (it is not a basekiln dependency)."""
-    try:
-        return importlib.import_module("zstandard")
-    except ImportError:
-        return None
-
-
 class _Work:
     """One comparison's scratch space: extracted files, decompressed blobs, notes."""
 
@@ -872,45 +849,13 @@ class _Work:
         self.pairs: list[_diffoscope.FilePair] = []
         self.notes: list[str] = []
         self._inspected = 0
-        self._zstd_blobs: dict[Path, Path] = {}
         self._extractions = 0
 
     @contextmanager
     def open_layer(self, ref: _LayerRef) -> Iterator[tarfile.TarFile]:
         """The layer as a tar stream, read front to back once."""
-        with ExitStack() as stack:
-            compression = detect_compression(ref.blob)
-            raw: IO[bytes] = stack.enter_context(ref.blob.open("rb"))
-            stream: IO[bytes]
-            if compression is Compression.GZIP:
-                gzip_stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
-                stream = stack.enter_context(gzip_stream)
-            elif compression is Compression.ZSTD:
-                stream = self._zstd_stream(ref, raw, stack)
-            else:
-                stream = raw
-            yield stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
-
-    def _zstd_stream(self, ref: _LayerRef, raw: IO[bytes], stack: ExitStack) -> IO[bytes]:
-        module = _zstandard()
-        if module is not None:
-            reader: IO[bytes] = module.ZstdDecompressor().stream_reader(raw)
-            return stack.enter_context(reader)
-        if which("zstd") is None:
-            raise _UnreadableError(
-                f"layer {ref.descriptor.digest} is zstd-compressed, and neither Python's "
-                "`zstandard` module nor the `zstd` command is available; install one to "
-                "compare its files"
-            )
-        return stack.enter_context(self._zstd_decompressed(ref).open("rb"))
-
-    def _zstd_decompressed(self, ref: _LayerRef) -> Path:
-        if ref.blob not in self._zstd_blobs:
-            out = self.root / "zstd" / f"{len(self._zstd_blobs)}.tar"
-            out.parent.mkdir(exist_ok=True)
-            run(["zstd", "-d", "-q", "-f", "-o", str(out), str(ref.blob)], timeout=ZSTD_TIMEOUT)
-            self._zstd_blobs[ref.blob] = out
-        return self._zstd_blobs[ref.blob]
+        with open_layer(ref.blob) as tar:
+            yield tar
 
     def listing(self, ref: _LayerRef) -> _Listing:
         """Every entry of a layer, file contents hashed as they stream past."""

@@ -101,6 +101,43 @@ def control_files(deb: DebMembers) -> dict[str, bytes]:
     return files
 
 
+@dataclass(frozen=True)
+class PackageRead:
+    """What a build needs of one .deb, from one pass over it."""
+
+    members: list[tarfile.TarInfo]
+    control: dict[str, bytes]
+    # The contents of the package's conffiles (path without the leading slash), whose
+    # md5 sums a dpkg database records; no other file's content is kept.
+    conffiles: dict[str, bytes]
+
+
+def read_package(path: Path, what: str) -> PackageRead:
+    """A .deb's data members, control files and conffile contents."""
+    deb = open_deb(path, what)
+    control = control_files(deb)
+    wanted = set(conffile_paths(control.get("conffiles", b"")))
+    members = []
+    conffiles = {}
+    for member, content in iter_data(deb):
+        members.append(member)
+        name = posixpath.normpath(member.name).strip("/")
+        if content is not None and "/" + name in wanted:
+            conffiles[name] = content
+    return PackageRead(members, control, conffiles)
+
+
+def conffile_paths(conffiles: bytes) -> list[str]:
+    """The absolute paths a control.tar `conffiles` file lists, flags left out."""
+    paths = []
+    for raw in conffiles.decode("utf-8").splitlines():
+        words = raw.split()
+        # Flags such as remove-on-upgrade come before the path.
+        if words and words[-1].startswith("/"):
+            paths.append(words[-1])
+    return paths
+
+
 def iter_data(deb: DebMembers) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
     """Data members in archive order, with contents for regular files."""
     with open_tar(deb.data_tar, deb.data_name) as tar:

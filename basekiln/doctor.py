@@ -141,9 +141,14 @@ def sandbox_status() -> ToolStatus:
     """Whether a fresh buildkitd sandbox starts and answers here (about a second)."""
     from basekiln._buildctl import server_version
     from basekiln.errors import BasekilnError
-    from basekiln.sandbox import PLAIN, local_sandbox
+    from basekiln.sandbox import PLAIN, in_memory, local_sandbox, sandbox_root
 
-    purpose = "a fresh BuildKit sandbox (runc worker, overlayfs) starts on this machine"
+    root = sandbox_root()
+    where = "in memory" if in_memory(root) or in_memory(root.parent) else "on disk"
+    purpose = (
+        "a fresh BuildKit sandbox (runc worker, overlayfs) starts on this machine; "
+        f"sandboxes live in {root} ({where})"
+    )
     remedy = (
         "run as root with overlayfs and cgroups available; `basekiln -v build` shows "
         "buildkitd's log"

@@ -15,11 +15,9 @@ import fnmatch
 import hashlib
 import posixpath
 from collections import defaultdict
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 
-from basekiln.cache import Cache
-from basekiln.deb import control_files, iter_data, open_deb, read_each
+from basekiln.deb import PackageRead, conffile_paths
 from basekiln.lockfile import LockedPackage
 from basekiln.recipe import Recipe
 from basekiln.render import GeneratedFile
@@ -63,43 +61,27 @@ def info_name(control: bytes, name: str) -> str:
 
 
 def database_files(
-    recipe: Recipe, packages: list[LockedPackage], cache: Cache
+    recipe: Recipe, packages: list[LockedPackage], reads: Mapping[str, PackageRead]
 ) -> list[GeneratedFile]:
     """The files `dpkg --unpack` would leave under /var/lib/dpkg for `packages`.
 
-    Paths are relative to /var/lib/dpkg; the .debs come from the verified cache.
+    Paths are relative to /var/lib/dpkg; `reads` holds each package's verified .deb,
+    read once, by package name.
     """
     drop = [d.strip("/") for d in recipe.drop]
     files: list[GeneratedFile] = []
     paragraphs: list[bytes] = []
     interests: dict[str, list[str]] = defaultdict(list)
-    ordered = sorted(packages, key=lambda p: p.name)
-    contents = read_each(
-        lambda p: read_package(
-            cache.verified(p.sha256, f"{p.name} {p.version}"), f"{p.name} {p.version}"
-        ),
-        ordered,
-    )
-    for pkg, (control, data) in zip(ordered, contents, strict=True):
-        name = info_name(control["control"], pkg.name)
-        files.extend(_info_files(name, control, data, drop))
-        conffiles = _conffile_sums(control.get("conffiles", b""), data)
-        paragraphs.append(status_paragraph(control["control"], conffiles))
-        for trigger, who in trigger_interests(control.get("triggers", b""), pkg.name):
+    for pkg in sorted(packages, key=lambda p: p.name):
+        read = reads[pkg.name]
+        name = info_name(read.control["control"], pkg.name)
+        files.extend(_info_files(name, read, drop))
+        conffiles = _conffile_sums(read)
+        paragraphs.append(status_paragraph(read.control["control"], conffiles))
+        for trigger, who in trigger_interests(read.control.get("triggers", b""), pkg.name):
             interests[trigger].append(who)
     files.append(GeneratedFile("status", b"".join(paragraphs)))
     return files + _trigger_files(interests)
-
-
-def read_package(path: Path, what: str) -> tuple[dict[str, bytes], dict[str, bytes | None]]:
-    """A .deb's control files and its data members (path -> content, None if not a file)."""
-    deb = open_deb(path, what)
-    files: dict[str, bytes | None] = {}
-    for member, content in iter_data(deb):
-        name = posixpath.normpath(member.name).strip("/")
-        if name != ".":  # the root is the list's "/." already
-            files[name] = content if member.isfile() else None
-    return control_files(deb), files
 
 
 def status_paragraph(control: bytes, conffiles: list[tuple[str, str]]) -> bytes:
@@ -146,12 +128,13 @@ def _trigger_files(interests: dict[str, list[str]]) -> list[GeneratedFile]:
     return files
 
 
-def _info_files(
-    name: str, control: dict[str, bytes], files: dict[str, bytes | None], drop: list[str]
-) -> list[GeneratedFile]:
-    kept = [path for path in files if not is_dropped(path, drop)]
+def _info_files(name: str, read: PackageRead, drop: list[str]) -> list[GeneratedFile]:
+    paths = [posixpath.normpath(m.name).strip("/") for m in read.members]
+    # The root is the list's "/." already.
+    kept = [p for p in dict.fromkeys(paths) if p != "." and not is_dropped(p, drop)]
     listing = "".join(["/.\n", *(f"/{path}\n" for path in kept)]).encode()
     out = [GeneratedFile(f"info/{name}.list", listing)]
+    control = read.control
     for script in SCRIPTS:
         if script in control:
             out.append(GeneratedFile(f"info/{name}.{script}", control[script], mode=0o755))
@@ -172,14 +155,10 @@ def _kept_sums(md5sums: bytes, drop: list[str]) -> bytes:
     ).encode()
 
 
-def _conffile_sums(conffiles: bytes, files: dict[str, bytes | None]) -> list[tuple[str, str]]:
+def _conffile_sums(read: PackageRead) -> list[tuple[str, str]]:
     sums = []
-    for raw in conffiles.decode("utf-8").splitlines():
-        words = raw.split()
-        if not words or not words[-1].startswith("/"):
-            continue  # flags such as remove-on-upgrade come first
-        path = words[-1]
-        content = files.get(path.lstrip("/"))
+    for path in conffile_paths(read.control.get("conffiles", b"")):
+        content = read.conffiles.get(path.lstrip("/"))
         if content is not None:
             sums.append((path, hashlib.md5(content, usedforsecurity=False).hexdigest()))
     return sums

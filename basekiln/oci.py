@@ -12,10 +12,14 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
+
+import zstandard
 
 from basekiln.errors import BasekilnError
 
@@ -24,6 +28,7 @@ MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 
 class LayoutError(BasekilnError):
@@ -228,9 +233,52 @@ def write_image(
     return descriptor
 
 
-def iter_layer(image: Image, layer: Descriptor) -> tarfile.TarFile:
-    """Open a layer blob as a tar stream (gzip, zstd-free, or plain)."""
+class Compression(Enum):
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    NONE = "none"
+
+
+def detect_compression(path: Path) -> Compression:
+    """How a layer blob is compressed, from its first bytes (not its media type)."""
+    if not path.is_file():
+        raise LayoutError(f"layer blob {path} is missing")
+    with path.open("rb") as blob:
+        magic = blob.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return Compression.GZIP
+    if magic == b"\x28\xb5\x2f\xfd":
+        return Compression.ZSTD
+    return Compression.NONE
+
+
+@contextmanager
+def layer_stream(path: Path) -> Iterator[IO[bytes]]:
+    """A layer blob's uncompressed tar bytes (gzip, zstd or plain), read front to back."""
+    compression = detect_compression(path)
+    with ExitStack() as stack:
+        raw: IO[bytes] = stack.enter_context(path.open("rb"))
+        if compression is Compression.GZIP:
+            yield stack.enter_context(cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")))
+        elif compression is Compression.ZSTD:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw)
+            yield stack.enter_context(cast(IO[bytes], reader))
+        else:
+            yield raw
+
+
+@contextmanager
+def open_layer(path: Path) -> Iterator[tarfile.TarFile]:
+    """A layer blob as a tar stream: members in order, each readable when reached."""
+    with layer_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        yield tar
+
+
+@contextmanager
+def iter_layer(image: Image, layer: Descriptor) -> Iterator[tarfile.TarFile]:
+    """One of the image's layers as a tar stream."""
     path = image.blob_path(layer.digest)
     if not path.is_file():
         raise LayoutError(f"{image.layout}: layer {layer.digest} is missing")
-    return tarfile.open(path, mode="r:*")
+    with open_layer(path) as tar:
+        yield tar

@@ -8,14 +8,12 @@ A recipe's `budgets` bound the same figures; a build over budget fails.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import posixpath
 import re
 import stat
 import sys
-import tarfile
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -28,7 +26,7 @@ from basekiln.assemble import BuildInputs
 from basekiln.errors import BasekilnError, BuildError, InputError
 from basekiln.imagetest import FileInfo, image_files, resolve
 from basekiln.lockfile import write_atomic
-from basekiln.oci import Image, LayoutError, read_image
+from basekiln.oci import Image, LayoutError, iter_layer, layer_stream, read_image
 from basekiln.recipe import Budgets
 
 log = logging.getLogger(__name__)
@@ -46,7 +44,6 @@ PIP_MODULE = re.compile(
     r"^.*?/(site|dist)-packages/pip(?=/|$)"  # pip installed as a module
     r"|^.*/ensurepip/_bundled/pip-[^/]+\.whl$"  # the wheel ensurepip would install
 )
-GZIP_MAGIC = b"\x1f\x8b"
 DPKG_STATUS = "/var/lib/dpkg/status"
 DPKG_STATUS_D = "/var/lib/dpkg/status.d/"
 
@@ -93,12 +90,8 @@ def examine(image: Image, parent_layers: int = 0) -> Surface:
 
 
 def _unpacked_size(image: Image, index: int) -> int:
-    path = image.blob_path(image.layers[index].digest)
-    with path.open("rb") as blob:
-        if blob.read(2) != GZIP_MAGIC:
-            return path.stat().st_size
     size = 0
-    with gzip.open(path) as stream:
+    with layer_stream(image.blob_path(image.layers[index].digest)) as stream:
         while chunk := stream.read(1 << 20):
             size += len(chunk)
     return size
@@ -127,7 +120,7 @@ def _contents(image: Image, wanted: set[str]) -> dict[str, bytes]:
     """The final content of each wanted path (the topmost layer's copy wins)."""
     found: dict[str, bytes] = {}
     for layer in image.layers:
-        with tarfile.open(image.blob_path(layer.digest), mode="r:*") as tar:
+        with iter_layer(image, layer) as tar:
             for member in tar:
                 path = "/" + member.name.removeprefix("./").strip("/")
                 if path in wanted and member.isfile():

@@ -7,6 +7,7 @@ import io
 import tarfile
 from pathlib import Path
 
+from basekiln.assemble import read_packages
 from basekiln.cache import Cache
 from basekiln.dpkg_database import (
     database_files,
@@ -141,7 +142,8 @@ def test_database_files_are_what_dpkg_unpack_leaves(tmp_path: Path) -> None:
     cache.path(sha).write_bytes(deb)
     recipe = Recipe.model_validate({"name": "demo", "drop": ["/usr/share/doc"]})
 
-    files = {f.path: f for f in database_files(recipe, [_locked("libdemo1", sha)], cache)}
+    locked = [_locked("libdemo1", sha)]
+    files = {f.path: f for f in database_files(recipe, locked, read_packages(cache, locked))}
 
     assert sorted(files) == [
         "info/libdemo1:amd64.conffiles",
