@@ -55,6 +55,7 @@ def build_argv(
     frontend_opts: Mapping[str, str],
     platform: str,
     annotations: Mapping[str, str],
+    compression: str = "gzip",
 ) -> list[str]:
     """The buildctl command for one deterministic build into an OCI layout directory."""
     output_opts = [
@@ -63,6 +64,7 @@ def build_argv(
         "tar=false",
         "rewrite-timestamp=true",
         "oci-mediatypes=true",
+        f"compression={compression}",
     ]
     output_opts += [f"annotation-manifest.{k}={v}" for k, v in sorted(annotations.items())]
     argv = [

@@ -515,6 +515,7 @@ def _run_build(
         frontend_opts={"hostname": perturbation.hostname},
         platform=inputs.platform,
         annotations=annotations,
+        compression=inputs.recipe.compression,
     )
 
     def on_line(line: str) -> None:

@@ -180,6 +180,10 @@ class Recipe(_Strict):
     annotations: dict[str, str] = {}
     tests: Tests = Tests()
     budgets: Budgets | None = None  # none declared: the build enforces none
+    # How this image's own layer is compressed (a parent's layers stay as they are).
+    # gzip is read by every runtime; zstd exports about four times faster and is about
+    # 15% smaller, but needs containerd 1.5, Docker Engine 23, Podman 3 or newer.
+    compression: Literal["gzip", "zstd"] = "gzip"
 
     @field_validator("packages", mode="before")
     @classmethod

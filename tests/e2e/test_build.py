@@ -24,6 +24,7 @@ import pytest
 
 from basekiln import _cosign
 from basekiln._registry_server import LocalRegistry
+from basekiln._run import which
 from basekiln.oci import read_image
 from basekiln.registry import parse_reference
 from basekiln.sandbox import PLAIN, local_sandbox, mounts_under
@@ -435,6 +436,51 @@ def test_an_unlocked_package_slipped_in_by_a_step_stops_publishing(
     assert "sneaky 6.6-6" in published.stderr and "not locked" in published.stderr
     with client(plain_registry.endpoint()) as registry:
         assert registry.list_tags(parse_reference(repository + "@sha256:" + "0" * 64)) == []
+
+
+def test_a_zstd_image_builds_reproducibly_and_stock_tools_read_it(
+    build_project: Project, plain_registry: LocalRegistry, cosign_keys: _cosign.KeyPair
+) -> None:
+    # This archive's base-files is a stand-in without os-release; syft needs it.
+    os_release = "steps:\n  - printf 'ID=debian\\nVERSION_ID=12\\n' > \"$root/etc/os-release\"\n"
+    build_project.write_recipe(
+        "squeezed",
+        TINY.replace("name: tiny", "name: squeezed") + "compression: zstd\n" + os_release,
+    )
+    built = lock_and_build(build_project, "squeezed")
+    assert built.returncode == 0, built.stderr
+    result = json.loads(built.stdout)
+    assert result["reproducible"] is True
+    image = read_image(Path(result["oci_layout"]))
+    assert {layer.media_type for layer in image.layers} == {
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    }
+    blob = image.blob_path(image.layers[0].digest).read_bytes()
+    assert blob[:4] == b"\x28\xb5\x2f\xfd", "the bytes are zstd, not only the media type"
+
+    repository = f"{plain_registry.host}/squeezed-test"
+    published = subprocess.run(
+        [str(BASEKILN), "publish", "squeezed", "--registry", repository,
+         "--key", str(cosign_keys.private_key), "--json"],
+        cwd=build_project.root, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "COSIGN_PASSWORD": KEY_PASSWORD},
+    )  # fmt: skip
+    assert published.returncode == 0, published.stderr
+    pushed = f"{repository}@{result['digest']}"
+    from tests.e2e.test_publish_e2e import stock_cosign
+
+    public = str(cosign_keys.public_key)
+    assert stock_cosign("verify", f"--key={public}", pushed).returncode == 0
+    syft = which("syft")
+    assert syft is not None
+    scanned = subprocess.run(
+        [syft, "scan", f"registry:{pushed}", "-o", "syft-json", "-q"],
+        capture_output=True, text=True, timeout=300, check=True,
+        env={**os.environ, "SYFT_REGISTRY_INSECURE_USE_HTTP": "true",
+             "SYFT_CHECK_FOR_APP_UPDATE": "false"},
+    )  # fmt: skip
+    debs = {a["name"] for a in json.loads(scanned.stdout)["artifacts"] if a["type"] == "deb"}
+    assert debs == {"base-files", "busybox-static"}
 
 
 class _Probe(http.server.BaseHTTPRequestHandler):

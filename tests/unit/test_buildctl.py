@@ -33,6 +33,24 @@ def test_build_argv_pins_timestamps_output_and_named_contexts() -> None:
     assert '"annotation-manifest.org.opencontainers.image.description=a, b"' in joined
     assert f"context:tools=oci-layout://tools@sha256:{'b' * 64}" in joined
     assert not any(a.startswith("attest:") for a in argv)
+    assert "compression=gzip" in joined
+
+
+def test_build_argv_passes_the_recipe_compression() -> None:
+    argv = build_argv(
+        Endpoint("unix:///tmp/s.sock"),
+        Path("/ctx"),
+        Path("/out"),
+        1700000000,
+        [],
+        {},
+        {},
+        "linux/amd64",
+        {},
+        compression="zstd",
+    )
+    output = argv[argv.index("--output") + 1]
+    assert output.split(",")[-1] == "compression=zstd"
 
 
 @pytest.mark.parametrize(
