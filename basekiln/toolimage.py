@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 TOOL_PACKAGES = ("busybox-static", "libc-bin")
 # Which files of each tool package the stage keeps: the rest needs glibc.
 TOOL_FILES = {"busybox-static": ("bin/busybox",), "libc-bin": ("sbin/ldconfig",)}
+# Part of the cache key: a layout written the old way is a different entry, not one
+# that looks tampered with (2: the layer is plain tar).
+LAYOUT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ def build_tool_image(
             f"the lockfile has no build tools {missing}; run `basekiln lock --update` to add them"
         )
     key = hashlib.sha256(
-        f"{platform} {epoch} ".encode() + " ".join(sorted(t.sha256 for t in tools)).encode()
+        f"{LAYOUT_FORMAT} {platform} {epoch} ".encode() + " ".join(sorted(t.sha256 for t in tools)).encode()
     ).hexdigest()
     layout = cache.root / "tool-images" / key
     with cache.entry_lock(f"tool-image-{key}"):
@@ -86,6 +89,7 @@ def _write_tool_image(
         config={"config": {"Env": ["PATH=/bin:/sbin"]}},
         mtime=epoch,
         platform=platform,
+        compress=False,
     )
     return descriptor.digest
 

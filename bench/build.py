@@ -9,11 +9,17 @@ packages; mmdebstrap still fetches the suite's indexes). mmdebstrap works in the
 directory as basekiln's sandboxes (memory or disk alike). Also the image's size and
 layer count.
 
-    .venv/bin/python bench/build.py [RECIPE...]
+    .venv/bin/python bench/build.py [--compression zstd] [RECIPE...]
+
+`--compression zstd` measures the same catalogue with every recipe set to zstd: a copy
+of the project in a temporary directory whose recipes say so, with lockfiles pinning
+the same packages (only their recipe and parent checksums follow the edit).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,12 +27,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from basekiln.build import BuildOptions, build_one, build_recipes, build_single
 from basekiln.cache import Cache
 from basekiln.catalogue import load_selection
-from basekiln.config import load_config
-from basekiln.lockfile import lockfile_path, read_lockfile
+from basekiln.config import Config, load_config
+from basekiln.lockfile import file_sha256, lockfile_path, read_lockfile, write_lockfile
 from basekiln.oci import read_image
 from basekiln.sandbox import sandbox_root
 
@@ -66,9 +73,52 @@ def mmdebstrap_seconds(cache: Cache, packages: list[tuple[str, str, str, str]]) 
         return seconds
 
 
-def main(names: list[str]) -> int:
+def with_compression(config: Config, compression: str, dest: Path) -> Config:
+    """A copy of the project at `dest` whose recipes all use `compression`."""
+    for shared in ("builders", "tests"):
+        (dest / shared).symlink_to(config.root / shared)
+    (dest / "recipes").mkdir()
+    (dest / "lockfiles").mkdir()
+    copy = Config(root=dest, file=config.file)
+    for loaded in load_selection([], config.recipes_dir):
+        text = loaded.path.read_text()
+        (copy.recipes_dir / loaded.path.name).write_text(
+            text.rstrip("\n") + f"\ncompression: {compression}\n"
+        )
+    # Parents first (load_selection's order), so a child can pin its parent's new lock.
+    for loaded in load_selection([], copy.recipes_dir):
+        lock = read_lockfile(lockfile_path(config.lockfiles_dir, loaded.recipe.name))
+        update: dict[str, Any] = {
+            "recipe": lock.recipe.model_copy(update={"sha256": loaded.sha256})
+        }
+        if lock.parent is not None:
+            parent_lock = lockfile_path(copy.lockfiles_dir, lock.parent.recipe)
+            update["parent"] = lock.parent.model_copy(
+                update={"lockfile_sha256": file_sha256(parent_lock)}
+            )
+        write_lockfile(
+            lockfile_path(copy.lockfiles_dir, loaded.recipe.name), lock.model_copy(update=update)
+        )
+    return copy
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compression", choices=["zstd", "gzip"])
+    parser.add_argument("recipes", nargs="*")
+    args = parser.parse_args(argv)
     config = load_config()
     cache = Cache(config.cache_dir)
+    with contextlib.ExitStack() as stack:
+        if args.compression:
+            os.environ["BASEKILN_CACHE"] = str(config.cache_dir)
+            project = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+            config = with_compression(config, args.compression, project)
+            print(f"every recipe with compression: {args.compression}, in {project}")
+        return run(config, cache, args.recipes)
+
+
+def run(config: Config, cache: Cache, names: list[str]) -> int:
     selection = load_selection(names, config.recipes_dir)
     print(
         f"{'recipe':21} {'single':>7} {'double':>7} {'+tests':>7} {'mmdebstrap':>10} "
