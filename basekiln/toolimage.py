@@ -53,7 +53,8 @@ def build_tool_image(
             f"the lockfile has no build tools {missing}; run `basekiln lock --update` to add them"
         )
     key = hashlib.sha256(
-        f"{LAYOUT_FORMAT} {platform} {epoch} ".encode() + " ".join(sorted(t.sha256 for t in tools)).encode()
+        f"{LAYOUT_FORMAT} {platform} {epoch} ".encode()
+        + " ".join(sorted(t.sha256 for t in tools)).encode()
     ).hexdigest()
     layout = cache.root / "tool-images" / key
     with cache.entry_lock(f"tool-image-{key}"):

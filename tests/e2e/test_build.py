@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from basekiln._registry_server import LocalRegistry
 from basekiln._run import which
 from basekiln.oci import read_image
 from basekiln.registry import parse_reference
-from basekiln.sandbox import PLAIN, local_sandbox, mounts_under
+from basekiln.sandbox import PLAIN, local_sandbox, mounts_under, sandbox_root
 from tests.conftest import BASEKILN, Project, write_project
 from tests.fixtures.archive import ArchiveTree, Deb, SigningKey, Suite
 from tests.fixtures.buildarchive import CraftedDeb, Member, real_tool_debs
@@ -135,17 +136,21 @@ def build_project(
 ) -> Iterator[Project]:
     monkeypatch.delenv("BASEKILN_CONFIG", raising=False)
     monkeypatch.delenv("BASEKILN_CACHE", raising=False)
-    sandboxes = tmp_path / "sandboxes"
-    sandboxes.mkdir()
-    monkeypatch.setenv("BASEKILN_SANDBOX_DIR", str(sandboxes))
-    archive = build_archive_template.copy_to(tmp_path / "archive")
-    with ArchiveServer(archive.root) as served:
-        project = write_project(
-            tmp_path / "project", {"debian": [f"{served.url}/debian"]}, archive.key.keyring
-        )
-        project.write_recipe("tiny", TINY)
-        yield project
-    assert_nothing_leaked(sandboxes)
+    # Where basekiln puts sandboxes by default (memory, when there is room), so that the
+    # second build context is copied across file systems as it is in use; a directory
+    # of the test's own, so that leaks can be checked.
+    monkeypatch.delenv("BASEKILN_SANDBOX_DIR", raising=False)
+    with tempfile.TemporaryDirectory(prefix="sandboxes-", dir=sandbox_root()) as tmp:
+        sandboxes = Path(tmp)
+        monkeypatch.setenv("BASEKILN_SANDBOX_DIR", str(sandboxes))
+        archive = build_archive_template.copy_to(tmp_path / "archive")
+        with ArchiveServer(archive.root) as served:
+            project = write_project(
+                tmp_path / "project", {"debian": [f"{served.url}/debian"]}, archive.key.keyring
+            )
+            project.write_recipe("tiny", TINY)
+            yield project
+        assert_nothing_leaked(sandboxes)
 
 
 def assert_nothing_leaked(sandboxes: Path) -> None:
@@ -467,19 +472,11 @@ def test_a_zstd_image_builds_reproducibly_and_stock_tools_read_it(
     )  # fmt: skip
     assert published.returncode == 0, published.stderr
     pushed = f"{repository}@{result['digest']}"
-    from tests.e2e.test_publish_e2e import stock_cosign
+    from tests.e2e.test_publish_e2e import stock_cosign, stock_syft_debs
 
     public = str(cosign_keys.public_key)
     assert stock_cosign("verify", f"--key={public}", pushed).returncode == 0
-    syft = which("syft")
-    assert syft is not None
-    scanned = subprocess.run(
-        [syft, "scan", f"registry:{pushed}", "-o", "syft-json", "-q"],
-        capture_output=True, text=True, timeout=300, check=True,
-        env={**os.environ, "SYFT_REGISTRY_INSECURE_USE_HTTP": "true",
-             "SYFT_CHECK_FOR_APP_UPDATE": "false"},
-    )  # fmt: skip
-    debs = {a["name"] for a in json.loads(scanned.stdout)["artifacts"] if a["type"] == "deb"}
+    debs = {name for name, _ in stock_syft_debs(pushed)}
     assert debs == {"base-files", "busybox-static"}
 
 
@@ -657,7 +654,6 @@ def _tls_files(folder: Path) -> dict[str, Path]:
 def _tls_daemon(folder: Path, tls: dict[str, Path]) -> Iterator[str]:
     """A buildkitd someone else runs: TCP on loopback, mutual TLS."""
     from basekiln._buildctl import Endpoint, ping
-    from basekiln._run import which
     from basekiln.errors import ToolError
     from basekiln.sandbox import detach_mounts
 

@@ -26,7 +26,6 @@ import pytest
 
 from basekiln import _cosign
 from basekiln._registry_server import LocalRegistry
-from basekiln._run import which
 from basekiln.config import load_config
 from basekiln.lockfile import read_lockfile
 from basekiln.nightly import read_record
@@ -233,7 +232,7 @@ def test_two_runs_at_once_take_turns_and_agree(published: Catalogue) -> None:
 
 def test_a_published_image_is_accepted_from_outside(published: Catalogue) -> None:
     """What a consumer runs, with none of basekiln's code: stock cosign and syft."""
-    from tests.e2e.test_publish_e2e import stock_cosign
+    from tests.e2e.test_publish_e2e import stock_cosign, stock_syft_debs
 
     record = read_record(load_config(published.root), "child")
     assert record is not None
@@ -243,19 +242,7 @@ def test_a_published_image_is_accepted_from_outside(published: Catalogue) -> Non
         done = stock_cosign("verify-attestation", f"--key={public}", f"--type={kind}", record.image)
         assert done.returncode == 0, done.stderr
 
-    syft = which("syft")
-    assert syft is not None
-    scanned = subprocess.run(
-        [syft, "scan", f"registry:{record.image}", "-o", "syft-json", "-q"],
-        capture_output=True, text=True, timeout=300, check=True,
-        env={**os.environ, "SYFT_REGISTRY_INSECURE_USE_HTTP": "true",
-             "SYFT_CHECK_FOR_APP_UPDATE": "false"},
-    )  # fmt: skip
-    found = {
-        (a["name"], a["version"])
-        for a in json.loads(scanned.stdout)["artifacts"]
-        if a["type"] == "deb"
-    }
+    found = stock_syft_debs(record.image)
     locked = {
         (p.name, p.version)
         for name in ("tiny", "child")

@@ -188,6 +188,20 @@ def stock_cosign(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def stock_syft_debs(image: str) -> set[tuple[str, str]]:
+    """The (name, version) of each Debian package stock syft finds in a pushed image."""
+    syft = which("syft")
+    assert syft is not None
+    scanned = subprocess.run(
+        [syft, "scan", f"registry:{image}", "-o", "syft-json", "-q"],
+        capture_output=True, text=True, timeout=300, check=True,
+        env={**os.environ, "SYFT_REGISTRY_INSECURE_USE_HTTP": "true",
+             "SYFT_CHECK_FOR_APP_UPDATE": "false"},
+    )  # fmt: skip
+    artifacts = json.loads(scanned.stdout)["artifacts"]
+    return {(a["name"], a["version"]) for a in artifacts if a["type"] == "deb"}
+
+
 def statements_of(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     envelopes = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return [json.loads(base64.b64decode(e["payload"])) for e in envelopes]
