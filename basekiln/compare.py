@@ -28,7 +28,6 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -851,17 +850,11 @@ class _Work:
         self._inspected = 0
         self._extractions = 0
 
-    @contextmanager
-    def open_layer(self, ref: _LayerRef) -> Iterator[tarfile.TarFile]:
-        """The layer as a tar stream, read front to back once."""
-        with open_layer(ref.blob) as tar:
-            yield tar
-
     def listing(self, ref: _LayerRef) -> _Listing:
         """Every entry of a layer, file contents hashed as they stream past."""
         listing = _Listing()
         try:
-            with self.open_layer(ref) as tar:
+            with open_layer(ref.blob) as tar:
                 for member in tar:
                     name = _normalise(member.name)
                     if name not in listing.entries:
@@ -877,7 +870,7 @@ class _Work:
         dest = self.root / f"{side}{self._extractions}"
         found: dict[str, Path] = {}
         try:
-            with self.open_layer(ref) as tar:
+            with open_layer(ref.blob) as tar:
                 for member in tar:
                     name = _normalise(member.name)
                     if name in names and member.isreg() and member.size <= MAX_INSPECTED_BYTES:

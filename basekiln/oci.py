@@ -28,7 +28,6 @@ MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-MEDIA_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 
 class LayoutError(BasekilnError):
@@ -231,10 +230,15 @@ def write_image(
         len(manifest_bytes),
         platform={"os": os_name, "architecture": arch},
     )
-    index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [descriptor.to_json()]}
+    write_index(layout, descriptor.to_json())
+    return descriptor
+
+
+def write_index(layout: Path, manifest: dict[str, Any]) -> None:
+    """Make `layout` an OCI layout whose index names the one manifest given."""
+    index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [manifest]}
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     (layout / "index.json").write_bytes(canonical_json(index))
-    return descriptor
 
 
 class Compression(Enum):

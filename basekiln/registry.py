@@ -553,9 +553,7 @@ class RegistryClient:
             "digest": manifest.digest,
             "size": len(manifest.data),
         }
-        index = {"schemaVersion": 2, "mediaType": oci.MEDIA_INDEX, "manifests": [descriptor]}
-        (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-        (layout / "index.json").write_bytes(oci.canonical_json(index))
+        oci.write_index(layout, descriptor)
         return oci.read_image(layout, platform)
 
     def upload_blob(self, repository: str, digest: str, source: IO[bytes]) -> None:

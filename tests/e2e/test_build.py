@@ -40,6 +40,17 @@ __all__ = ["cosign_keys", "plain_registry"]
 
 DATE = "Sat, 01 Jun 2024 10:00:00 UTC"
 SOURCES = "sources: [{archive: debian, suite: bookworm}]\n"
+# This archive's base-files is a stand-in without os-release; syft needs it to see debs.
+OS_RELEASE_STEP = "  - printf 'ID=debian\\nVERSION_ID=12\\n' > \"$root/etc/os-release\"\n"
+
+
+def steps_recipe(name: str, steps: str) -> str:
+    """A recipe of base-files alone, then `steps` (YAML list items under `steps:`)."""
+    return (
+        f"name: {name}\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
+        "steps:\n" + steps
+    )
+
 
 TINY = (
     """\
@@ -241,9 +252,10 @@ def test_non_reproducible_recipe_exits_3_with_a_report_naming_the_file(
 ) -> None:
     build_project.write_recipe(
         "drifting",
-        "name: drifting\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
-        "steps:\n"
-        '  - head -c 16 /dev/urandom | od -A n -t x1 > "$root/etc/build-time"\n',
+        steps_recipe(
+            "drifting",
+            '  - head -c 16 /dev/urandom | od -A n -t x1 > "$root/etc/build-time"\n',
+        ),
     )
     built = lock_and_build(build_project, "drifting")
     assert built.returncode == 3, built.stderr
@@ -271,9 +283,10 @@ def test_non_reproducible_recipe_exits_3_with_a_report_naming_the_file(
 def test_the_second_sandbox_is_perturbed_inside_the_build_step(build_project: Project) -> None:
     build_project.write_recipe(
         "ambient",
-        "name: ambient\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
-        "steps:\n"
-        '  - echo "$LANG $(hostname)" > "$root/etc/ambient"\n',
+        steps_recipe(
+            "ambient",
+            '  - echo "$LANG $(hostname)" > "$root/etc/ambient"\n',
+        ),
     )
     built = lock_and_build(build_project, "ambient")
     assert built.returncode == 3, built.stderr
@@ -421,13 +434,12 @@ def test_an_unlocked_package_slipped_in_by_a_step_stops_publishing(
     # the build would look like to a scanner.
     build_project.write_recipe(
         "swapped",
-        "name: swapped\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
-        "steps:\n"
-        "  - |\n"
-        "    printf 'Package: sneaky\\nStatus: install ok installed\\nVersion: 6.6-6\\n"
-        'Architecture: amd64\\n\' > "$root/var/lib/dpkg/status.d/sneaky"\n'
-        # This archive's base-files is a stand-in without it; syft needs it to see debs.
-        "  - printf 'ID=debian\\nVERSION_ID=12\\n' > \"$root/etc/os-release\"\n",
+        steps_recipe(
+            "swapped",
+            "  - |\n"
+            "    printf 'Package: sneaky\\nStatus: install ok installed\\nVersion: 6.6-6\\n"
+            'Architecture: amd64\\n\' > "$root/var/lib/dpkg/status.d/sneaky"\n' + OS_RELEASE_STEP,
+        ),
     )
     assert lock_and_build(build_project, "swapped").returncode == 0
     repository = f"{plain_registry.host}/swapped-test"
@@ -446,11 +458,11 @@ def test_an_unlocked_package_slipped_in_by_a_step_stops_publishing(
 def test_a_zstd_image_builds_reproducibly_and_stock_tools_read_it(
     build_project: Project, plain_registry: LocalRegistry, cosign_keys: _cosign.KeyPair
 ) -> None:
-    # This archive's base-files is a stand-in without os-release; syft needs it.
-    os_release = "steps:\n  - printf 'ID=debian\\nVERSION_ID=12\\n' > \"$root/etc/os-release\"\n"
     build_project.write_recipe(
         "squeezed",
-        TINY.replace("name: tiny", "name: squeezed") + "compression: zstd\n" + os_release,
+        TINY.replace("name: tiny", "name: squeezed")
+        + "compression: zstd\nsteps:\n"
+        + OS_RELEASE_STEP,
     )
     built = lock_and_build(build_project, "squeezed")
     assert built.returncode == 0, built.stderr
@@ -513,10 +525,11 @@ def test_a_step_reaching_the_network_fails(build_project: Project) -> None:
         _Probe.hits.clear()
         build_project.write_recipe(
             "reaching",
-            "name: reaching\n" + SOURCES + "packages: [{name: base-files, dependencies: false}]\n"
-            "steps:\n"
-            f'  - wget -q -T 5 -O "$root/etc/fetched" {url}'
-            f' || nc -w 5 {host} {port} > "$root/etc/nc"\n',
+            steps_recipe(
+                "reaching",
+                f'  - wget -q -T 5 -O "$root/etc/fetched" {url}'
+                f' || nc -w 5 {host} {port} > "$root/etc/nc"\n',
+            ),
         )
         built = lock_and_build(build_project, "reaching")
     finally:
