@@ -185,3 +185,15 @@ def test_package_paths_must_stay_inside_the_package(tmp_path: Path) -> None:
     assert problems[1].startswith(f"{path}:5: packages[2].paths: ")
     assert "'etc/services', '/etc/../root': each must" in problems[1]
     assert problems[2].startswith(f"{path}:6: packages[3].paths: ")
+
+
+def test_compression_is_gzip_unless_the_recipe_says_zstd(tmp_path: Path) -> None:
+    plain = write(tmp_path, "plain", "name: plain\n")
+    squeezed = write(tmp_path, "squeezed", "name: squeezed\ncompression: zstd\n")
+    assert load_recipe(plain).recipe.compression == "gzip"
+    assert load_recipe(squeezed).recipe.compression == "zstd"
+
+    odd = write(tmp_path, "odd", "name: odd\ncompression: lz4\n")
+    (problem,) = problems_of(odd)
+    assert problem.startswith(f"{odd}:2: compression: ")
+    assert "'gzip' or 'zstd'" in problem
